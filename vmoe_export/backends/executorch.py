@@ -1,0 +1,43 @@
+"""ExecuTorch: torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> .pte,
+run with executorch's Python runtime (the same C++ runtime and XNNPACK kernels as on device).
+
+Each graph is its own self-contained .pte (weights inside): XNNPACK keys external weights by
+content hash, so a shared .ptd would tie experts together and defeat loading one alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+from executorch.exir import to_edge_transform_and_lower
+
+from . import Backend, package_version
+
+
+def export(graph, path: Path, options: dict) -> None:
+    exported = torch.export.export(graph.module, tuple(graph.inputs.values()))
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(program.buffer)
+
+
+def load(path: Path, entry: dict):
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(Path(path)).load_method("forward")
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        outputs = method.execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
+        # The runtime reuses its planned output memory on the next call: copy out.
+        return [o.numpy().copy() for o in outputs]
+
+    return run
+
+
+def versions() -> dict[str, str]:
+    return {name: package_version(name) for name in ("torch", "executorch")}
+
+
+BACKEND = Backend("executorch", ".pte", export, load, versions)

@@ -1,0 +1,239 @@
+"""Command-line entry points. Each turns expected failures into one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .model import list_configs
+
+DEFAULT_CONFIG = "fmnist-tiny"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / DEFAULT_CONFIG / "model.pt"
+
+
+def _fail(prog: str, msg: str) -> int:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _user_errors():
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    return (DataError, CheckpointError, ValueError, FileNotFoundError, FileExistsError)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="vmoe-train",
+        description="Train a dense ViT baseline, cluster its confusion graph into super-classes, then train the "
+        "Mobile V-MoE with L = L_cls + lambda * CE(router, super-class). Writes OUT/model.pt (the MoE checkpoint), "
+        "OUT/dense.pt, OUT/metrics.json and OUT/card.md. Rerunning an interrupted run with the same arguments "
+        "resumes from its last epoch. Runs under torchrun for data-parallel training.",
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"model config name in models/ or a JSON path (default {DEFAULT_CONFIG}; known: {', '.join(list_configs())})")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="ImageFolder dataset: DIR/train/<class>/* and DIR/test/<class>/* (default: Fashion-MNIST "
+                   "from /usr/share/datasets/fashion-mnist, Debian package dataset-fashion-mnist)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/<config>)")
+    p.add_argument("--dense-epochs", type=int, default=d.dense_epochs, help=f"epochs for the dense baseline (default {d.dense_epochs})")
+    p.add_argument("--moe-epochs", type=int, default=d.moe_epochs, help=f"epochs for the MoE (default {d.moe_epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"global batch size, split over ranks (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate, cosine decay (default {d.lr})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warm-up steps (default {d.warmup_steps})")
+    p.add_argument("--router-weight", type=float, default=d.router_weight,
+                   help=f"lambda, weight of the router's super-class cross-entropy (default {d.router_weight}, as in the paper)")
+    p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction,
+                   help=f"share of the training set held out for the dense model's confusion matrix (default {d.holdout_fraction})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed for init, shuffling and clustering (default {d.seed})")
+    p.add_argument("--no-augment", action="store_true", help="disable random shift + horizontal flip")
+    p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0 = all; for smoke tests)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT instead of refusing")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    import torch
+
+    from .data import load_dataset
+    from .model import load_config
+    from .train import TrainConfig, init_distributed, run_training
+
+    errors = [n for n, v in (("--dense-epochs", args.dense_epochs), ("--moe-epochs", args.moe_epochs),
+                             ("--batch-size", args.batch_size)) if v < 1]
+    if errors:
+        return _fail("vmoe-train", f"{', '.join(errors)} must be at least 1")
+    if not 0 < args.holdout_fraction < 1:
+        return _fail("vmoe-train", "--holdout-fraction must be between 0 and 1")
+    if args.router_weight < 0 or args.lr <= 0:
+        return _fail("vmoe-train", "--router-weight must be >= 0 and --lr > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model_cfg = load_config(args.config)
+        out = args.out or Path("runs") / model_cfg.name
+        if (out / "model.pt").exists() and not args.overwrite:
+            raise FileExistsError(f"{out} already holds a finished run (model.pt); pass --overwrite or another --out")
+        dataset = load_dataset(args.data_dir, model_cfg.image_size, model_cfg.in_chans)
+        cfg = TrainConfig(
+            dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, router_weight=args.router_weight,
+            holdout_fraction=args.holdout_fraction, seed=args.seed, augment=not args.no_augment,
+            train_limit=args.train_limit,
+        )
+        init_distributed()
+        command = shlex.join(["vmoe-train", *(sys.argv[1:] if argv is None else argv)])
+        run_training(model_cfg, dataset, cfg, out, command=command)
+    except _user_errors() as e:
+        return _fail("vmoe-train", str(e))
+    except KeyboardInterrupt:
+        return _fail("vmoe-train", "interrupted; rerun the same command to resume from the last finished epoch")
+    return 0
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from .backends import TARGETS
+    from .export import ExportOptions
+    from .parity import ParityBounds
+
+    b, o = ParityBounds(), ExportOptions()
+    p = argparse.ArgumentParser(
+        prog="vmoe-export",
+        description="Split a Mobile V-MoE checkpoint into trunk, router, shared-attention, per-expert and head graphs, "
+        "export them with the real converter for each target into OUT/<target>/ with a manifest.json, and validate "
+        "the bundle against PyTorch on held-out test images (parity report). To run a bundle: "
+        "`vmoe-export run --bundle DIR IMAGE...` (see `vmoe-export run --help`).",
+    )
+    p.add_argument("--target", required=True, choices=[*TARGETS, "all"], help="backend to export to, or all four")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help=f"MoE checkpoint from vmoe-train (default: the shipped {DEFAULT_CHECKPOINT.relative_to(REPO_ROOT)})")
+    p.add_argument("--output", type=Path, default=Path("bundles"), help="output directory; each target goes to OUTPUT/<target>/ (default bundles)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="ImageFolder dataset whose test/ split is used for parity (default: Fashion-MNIST test set)")
+    p.add_argument("--parity-images", type=int, default=o.parity_images, help=f"test images for the parity report (default {o.parity_images}, min 1)")
+    p.add_argument("--max-logit-diff", type=float, default=b.max_logit_diff, help=f"parity bound on logits max abs diff (default {b.max_logit_diff})")
+    p.add_argument("--min-top1-agreement", type=float, default=b.min_top1_agreement, help=f"parity bound on top-1 agreement (default {b.min_top1_agreement})")
+    p.add_argument("--min-routing-agreement", type=float, default=b.min_routing_agreement, help=f"parity bound on routing agreement (default {b.min_routing_agreement})")
+    p.add_argument("--coreml-compress", default="none", choices=["none", "int8", "palettize4"],
+                   help="CoreML weight compression with ct.optimize.coreml: int8 linear or 4-bit k-means palettization (default none)")
+    p.add_argument("--coreml-fp16", action="store_true", help="CoreML compute precision fp16 (default fp32)")
+    p.add_argument("--golden-images", type=int, default=o.golden_images, help=f"test images written as golden vectors for the apps (default {o.golden_images})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _test_split(ckpt, data_dir: Path | None):
+    from .data import DataError, load_fashion_mnist, load_image_folder
+
+    cfg = ckpt.config
+    if data_dir is not None:
+        return load_image_folder(data_dir, cfg.image_size, cfg.in_chans).test
+    if ckpt.metrics.get("dataset", "fashion-mnist") != "fashion-mnist":
+        raise DataError(f"checkpoint was trained on {ckpt.metrics.get('dataset')}: pass --data-dir with its test images for parity")
+    return load_fashion_mnist().test
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        return predict_main(argv[1:], prog="vmoe-export run")
+    args = export_parser().parse_args(argv)
+    if args.parity_images < 1:
+        return _fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
+    from .backends import TARGETS, BackendUnavailable, get_backend
+    from .bundle import BundleError
+    from .checkpoint import load_checkpoint
+    from .export import ExportOptions, export_bundle
+    from .parity import ParityBounds, ParityError
+
+    targets = list(TARGETS) if args.target == "all" else [args.target]
+    try:
+        for t in targets:  # fail before any work when a backend package is missing
+            get_backend(t)
+        ckpt = load_checkpoint(args.checkpoint)
+        if not ckpt.config.is_moe:
+            raise ValueError(f"{args.checkpoint} is a dense model: export an MoE checkpoint (model.pt from vmoe-train)")
+        test = _test_split(ckpt, args.data_dir)
+        options = ExportOptions(
+            parity_images=args.parity_images,
+            bounds=ParityBounds(args.max_logit_diff, args.min_top1_agreement, args.min_routing_agreement),
+            coreml_compress=args.coreml_compress, coreml_fp16=args.coreml_fp16,
+            golden_images=args.golden_images, progress=not args.quiet,
+        )
+        failed = []
+        for t in targets:
+            try:
+                path, _ = export_bundle(ckpt, t, args.output, test.images, test.labels, options)
+                from .bundle import read_manifest
+
+                m = read_manifest(path)
+                total = sum(g["size_bytes"] for g in m["graphs"].values())
+                print(f"{t}: wrote {path} ({total / 1e6:.2f} MB, {len(m['graphs'])} graphs, {m['export_seconds']:.1f}s)")
+            except ParityError as e:
+                failed.append(str(e))
+        if failed:
+            return _fail("vmoe-export", "\n".join(failed))
+    except (*_user_errors(), BundleError, BackendUnavailable) as e:
+        return _fail("vmoe-export", str(e))
+    except KeyboardInterrupt:
+        return _fail("vmoe-export", "interrupted; no partial bundle was published")
+    return 0
+
+
+def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Classify images with an exported bundle through its backend's runtime: trunk, router, then only "
+        "the routed experts (loaded on first use, LRU-cached), head. Prints class, super-class, routed experts, "
+        "gates and per-stage milliseconds.",
+    )
+    p.add_argument("images", nargs="+", type=Path, help="image files (any format Pillow reads)")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory written by vmoe-export (e.g. bundles/onnx)")
+    p.add_argument("--max-experts", type=int, default=None, help="keep at most this many experts loaded (LRU); default unbounded")
+    p.add_argument("--max-bytes", type=int, default=None, help="keep loaded experts under this many artifact bytes (LRU)")
+    p.add_argument("--threads", type=int, default=0, help="runtime threads where the backend takes a count (default: its choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    return p
+
+
+def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> int:
+    args = predict_parser(prog).parse_args(argv)
+    import json
+
+    from .backends import BackendUnavailable
+    from .bundle import BundleError
+    from .runtime import BundleRuntime, preprocess_image
+
+    try:
+        rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, args.threads)
+        m = rt.manifest
+        for path in args.images:
+            pred = rt.predict(preprocess_image(path, m))
+            name = m["class_names"][pred.label]
+            sc = [", ".join(m["experts"][e]["superclass"]) for e in pred.experts]
+            if args.json:
+                print(json.dumps({"image": str(path), "class": name, "class_id": pred.label, "experts": pred.experts,
+                                  "gates": pred.gates, "expert_superclasses": sc, "timings_ms": pred.timings_ms}))
+            else:
+                stages = " ".join(f"{k}={v:.2f}" for k, v in pred.timings_ms.items())
+                routed = "; ".join(f"expert {e} (gate {g:.2f}: {s})" for e, g, s in zip(pred.experts, pred.gates, sc))
+                print(f"{path}: {name} | routed to {routed} | ms: {stages}")
+    except (*_user_errors(), BundleError, BackendUnavailable) as e:
+        return _fail(prog, str(e))
+    return 0
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    from .bench import main
+
+    return main(argv)

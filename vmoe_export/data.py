@@ -1,0 +1,192 @@
+"""Datasets: Fashion-MNIST from IDX files (the embedded default) and ImageFolder directories.
+
+Everything is returned as uint8 image tensors (N, C, H, W) plus int64 labels; normalisation
+happens in `preprocess` with the mean/std stored in the model config, the same function the
+exporter and the apps mirror.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+class DataError(RuntimeError):
+    """Missing or malformed data, with a message that says how to fix it."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 N,C,H,W
+    labels: torch.Tensor  # int64 N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor | slice) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class Dataset:
+    name: str
+    class_names: tuple[str, ...]
+    train: Split
+    test: Split
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): the format MNIST and Fashion-MNIST ship in."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    expected = int(np.prod(dims))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != expected:
+        raise DataError(f"{path} is truncated: header says {expected} values, file has {body.size}")
+    return body.reshape(dims)
+
+
+def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> Dataset:
+    files = {
+        "train_x": "train-images-idx3-ubyte.gz", "train_y": "train-labels-idx1-ubyte.gz",
+        "test_x": "t10k-images-idx3-ubyte.gz", "test_y": "t10k-labels-idx1-ubyte.gz",
+    }
+    missing = [name for name in files.values() if not (root / name).is_file()]
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}). "
+            "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+            "or pass --data-dir with an ImageFolder-style directory."
+        )
+    arrays = {key: read_idx(root / name) for key, name in files.items()}
+
+    def split(x: np.ndarray, y: np.ndarray) -> Split:
+        if len(x) != len(y):
+            raise DataError(f"Fashion-MNIST in {root}: {len(x)} images but {len(y)} labels")
+        return Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+
+    return Dataset(
+        "fashion-mnist", FASHION_MNIST_CLASSES,
+        split(arrays["train_x"], arrays["train_y"]), split(arrays["test_x"], arrays["test_y"]),
+    )
+
+
+def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
+    """One image file as uint8 C,H,W, resized (shorter side, then centre crop) to image_size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if in_chans == 1 else "RGB")
+            w, h = img.size
+            scale = image_size / min(w, h)
+            img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BILINEAR)
+            w, h = img.size
+            left, top = (w - image_size) // 2, (h - image_size) // 2
+            img = img.crop((left, top, left + image_size, top + image_size))
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())
+
+
+def _read_folder(root: Path, class_names: tuple[str, ...], image_size: int, in_chans: int) -> Split:
+    images, labels = [], []
+    for label, name in enumerate(class_names):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(load_image(path, image_size, in_chans))
+                labels.append(label)
+    if not images:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+
+
+def load_image_folder(root: Path, image_size: int, in_chans: int) -> Dataset:
+    """ROOT/train/<class>/*.png and ROOT/test/<class>/*.png (or val/), classes sorted by name.
+
+    Images are decoded once into memory at the model's resolution; this suits the small
+    mobile-sized inputs this toolkit targets (ImageNet at 224px needs a streaming loader).
+    """
+    train_dir = root / "train"
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DataError(
+            f"{root} is not an ImageFolder dataset: expected {root}/train/<class>/*.png and "
+            f"{root}/test/<class>/*.png (or val/ instead of test/)"
+        )
+    class_names = tuple(sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
+    if len(class_names) < 2:
+        raise DataError(f"{train_dir} needs at least two class sub-directories, found {len(class_names)}")
+    test_classes = tuple(sorted(p.name for p in test_dir.iterdir() if p.is_dir()))
+    if test_classes != class_names:
+        raise DataError(f"class directories differ between {train_dir} and {test_dir}")
+    return Dataset(
+        root.name, class_names,
+        _read_folder(train_dir, class_names, image_size, in_chans),
+        _read_folder(test_dir, class_names, image_size, in_chans),
+    )
+
+
+def load_dataset(data_dir: Path | None, image_size: int, in_chans: int) -> Dataset:
+    ds = load_fashion_mnist() if data_dir is None else load_image_folder(Path(data_dir), image_size, in_chans)
+    _, c, h, w = ds.train.images.shape
+    if (c, h, w) != (in_chans, image_size, image_size):
+        raise DataError(
+            f"dataset {ds.name} has images {c}x{h}x{w} but the model config expects "
+            f"{in_chans}x{image_size}x{image_size}; pick a matching --config"
+        )
+    return ds
+
+
+def holdout_split(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Carve a held-out split off the training set (for the confusion matrix), reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train), generator=g)
+    n_hold = int(len(train) * fraction)
+    return train.subset(perm[n_hold:]), train.subset(perm[:n_hold])
+
+
+def preprocess(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 N,C,H,W -> float32 normalised. Mirrored by the bundle manifest and the apps."""
+    x = images.float() / 255.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2, flip: bool = True) -> torch.Tensor:
+    """Cheap batch augmentation: random translation (zero padded) and horizontal flip."""
+    n, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)).view(n, 1, h, 1).expand(n, c, h, w + 2 * max_shift)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)).view(n, 1, 1, w).expand(n, c, h, w)
+    out = out.gather(3, cols)
+    if flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+        out[mask] = out[mask].flip(-1)
+    return out

@@ -1,0 +1,264 @@
+"""Mobile V-MoE (Daxberger et al., 2023, arXiv 2309.04354) in one file.
+
+A plain pre-LN ViT whose last `moe_layers` blocks are MoE-ViT blocks: attention is shared,
+the MLP is one of `num_experts` experts. Routing is per *image*: one router reads the mean
+token after the dense blocks, picks `top_k` experts, and every MoE block of that image uses
+the same experts, mixed by the same gate values. The dense baseline is the same code with
+`moe_layers=0`.
+
+Gates follow V-MoE: softmax over all E router logits, the top-k probabilities are used as
+weights without renormalisation, so the classification loss also reaches the router.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "custom"
+    image_size: int = 28
+    in_chans: int = 1
+    patch_size: int = 4
+    num_classes: int = 10
+    embed_dim: int = 64
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    num_experts: int = 4
+    moe_layers: int = 2  # L: the last L blocks are MoE blocks; 0 gives the dense baseline
+    top_k: int = 1
+    # Preprocessing travels with the model so that exports and apps normalise identically.
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[float, ...] = (0.3530,)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            problems.append(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+        if not 0 <= self.moe_layers <= self.depth:
+            problems.append(f"moe_layers {self.moe_layers} must be between 0 and depth {self.depth}")
+        if self.moe_layers and not 1 <= self.top_k <= self.num_experts:
+            problems.append(f"top_k {self.top_k} must be between 1 and num_experts {self.num_experts}")
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            problems.append(f"mean/std need one value per input channel ({self.in_chans})")
+        if problems:
+            raise ValueError(f"invalid model config '{self.name}': " + "; ".join(problems))
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_layers > 0
+
+    def dense_twin(self) -> "ModelConfig":
+        """The dense ViT with the same active FLOPs (same widths, every block dense)."""
+        return replace(self, name=f"{self.name}-dense", moe_layers=0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        return cls(**d)
+
+
+def list_configs() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.json") if not p.stem.endswith(".card"))
+
+
+def load_config(name_or_path: str) -> ModelConfig:
+    """Load a config by name (models/<name>.json) or by path to a JSON file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MODELS_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model config '{name_or_path}' not found; known configs: {', '.join(list_configs())} "
+            f"(or pass a path to a JSON file)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model config {path} is not valid JSON: {e}") from None
+    data.setdefault("name", path.stem)
+    return ModelConfig.from_dict(data)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # B, N, D
+
+
+class Attention(nn.Module):
+    # Written out rather than F.scaled_dot_product_attention: every converter lowers plain
+    # matmul/softmax, and FLOP counters see the two attention matmuls.
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim)
+        self.mlp = Mlp(cfg.embed_dim, cfg.mlp_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MoEBlock(nn.Module):
+    """Shared attention, then a gate-weighted sum of the image's selected expert MLPs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim)
+        self.experts = nn.ModuleList(Mlp(cfg.embed_dim, cfg.mlp_hidden) for _ in range(cfg.num_experts))
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared part: residual attention, and the normalised input every expert reads."""
+        x = x + self.attn(self.norm1(x))
+        return x, self.norm2(x)
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        x, h = self.attend(x)
+        out = x.clone()
+        # Each expert runs only on the images routed to it: the sparse compute the paper is about.
+        for e, mlp in enumerate(self.experts):
+            weight = (gates * (experts == e)).sum(dim=1)  # B; zero where e was not picked
+            rows = weight.nonzero().flatten()
+            if rows.numel():
+                out = out.index_add(0, rows, weight[rows, None, None] * mlp(h[rows]))
+        return out
+
+
+class Router(nn.Module):
+    """One routing decision per image from the mean token after the dense blocks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x.mean(dim=1)))
+
+
+def route(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (gates, expert indices), each B x k, gates = top-k of softmax over all experts."""
+    probs = router_logits.softmax(dim=-1)
+    gates, experts = probs.topk(k, dim=-1)
+    return gates, experts
+
+
+class MobileVMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.embed_dim))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth - cfg.moe_layers))
+        self.router = Router(cfg) if cfg.is_moe else None
+        self.moe_blocks = nn.ModuleList(MoEBlock(cfg) for _ in range(cfg.moe_layers))
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(_init_weights)
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x).mean(dim=1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (class logits, router logits or None for a dense model)."""
+        x = self.trunk(images)
+        if self.router is None:
+            return self.classify(x), None
+        router_logits = self.router(x)
+        gates, experts = route(router_logits, self.cfg.top_k)
+        for blk in self.moe_blocks:
+            x = blk(x, gates, experts)
+        return self.classify(x), router_logits
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def active_params(model: MobileVMoE) -> int:
+    """Parameters one image touches: everything but the experts it was not routed to."""
+    total = count_params(model)
+    if not model.cfg.is_moe:
+        return total
+    per_expert = sum(count_params(blk.experts[0]) for blk in model.moe_blocks)
+    return total - (model.cfg.num_experts - model.cfg.top_k) * per_expert

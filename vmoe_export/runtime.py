@@ -1,0 +1,185 @@
+"""Run a bundle through its backend's real runtime, loading only the experts images route to.
+
+trunk + router + shared attention + head are loaded up front; an expert (its L per-layer
+graphs) is loaded on first use and kept in an LRU cache bounded by a count and/or a byte
+budget (artifact bytes, the memory a device maps for them). The apps mirror this file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import get_backend
+from .bundle import BundleError, artifact_path, expert_bytes, expert_graphs, read_manifest
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def select_experts(router_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(expert ids, gates) for one image: top-k of the softmax, ties to the lower id (as torch.topk)."""
+    probs = softmax(router_logits.astype(np.float64).reshape(-1))
+    order = np.argsort(-probs, kind="stable")[:k]
+    return order, probs[order].astype(np.float32)
+
+
+@dataclass
+class Prediction:
+    logits: np.ndarray
+    router_logits: np.ndarray
+    experts: list[int]
+    gates: list[float]
+    timings_ms: dict[str, float]
+    trace: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def label(self) -> int:
+        return int(np.argmax(self.logits))
+
+
+class ExpertCache:
+    """LRU of loaded experts under a count and/or byte budget. Experts needed by the current
+    image are pinned, so the budget must hold at least top_k experts."""
+
+    def __init__(self, load, size_of, max_experts: int | None = None, max_bytes: int | None = None):
+        self._load, self._size_of = load, size_of
+        self.max_experts, self.max_bytes = max_experts, max_bytes
+        self._entries: OrderedDict[int, object] = OrderedDict()
+        self.loads = 0
+        self.evictions = 0
+        self.load_ms: list[float] = []
+
+    @property
+    def loaded(self) -> list[int]:
+        return list(self._entries)
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(self._size_of(e) for e in self._entries)
+
+    def get(self, expert: int, pinned: set[int] = frozenset()) -> tuple[object, float]:
+        """The loaded expert and the milliseconds spent loading it (0 when it was cached)."""
+        if expert in self._entries:
+            self._entries.move_to_end(expert)
+            return self._entries[expert], 0.0
+        self._make_room(self._size_of(expert), pinned | {expert})
+        t0 = time.perf_counter()
+        value = self._load(expert)
+        ms = (time.perf_counter() - t0) * 1e3
+        self._entries[expert] = value
+        self.loads += 1
+        self.load_ms.append(ms)
+        return value, ms
+
+    def _make_room(self, incoming: int, pinned: set[int]) -> None:
+        def over() -> bool:
+            count = len(self._entries) + 1
+            return (self.max_experts is not None and count > self.max_experts) or (
+                self.max_bytes is not None and self.resident_bytes + incoming > self.max_bytes
+            )
+
+        while over():
+            victim = next((e for e in self._entries if e not in pinned), None)
+            if victim is None:
+                break  # only pinned experts left: the image needs them all
+            del self._entries[victim]
+            self.evictions += 1
+
+
+class BundleRuntime:
+    def __init__(self, bundle_dir: Path, max_experts: int | None = None, max_bytes: int | None = None,
+                 threads: int = 0):
+        self.dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.dir)
+        self.target = self.manifest["target"]
+        self.backend = get_backend(self.target)
+        model = self.manifest["model"]
+        self.top_k, self.num_experts, self.moe_layers = model["top_k"], model["num_experts"], model["moe_layers"]
+        if max_experts is not None and max_experts < self.top_k:
+            raise ValueError(f"expert budget {max_experts} is below top_k={self.top_k}: one image needs {self.top_k} experts resident")
+        if max_bytes is not None:
+            need = max(sorted((expert_bytes(self.manifest, e) for e in range(self.num_experts)), reverse=True)[: self.top_k]) * self.top_k
+            if max_bytes < need:
+                raise ValueError(f"byte budget {max_bytes} cannot hold {self.top_k} experts ({need} bytes needed)")
+        self.threads = threads
+        shared = ["trunk", "router"] + [f"moe{layer}_attn" for layer in range(self.moe_layers)] + ["head"]
+        t0 = time.perf_counter()
+        self.graphs = {name: self._load_graph(name) for name in shared}
+        self.shared_load_ms = (time.perf_counter() - t0) * 1e3
+        self.experts = ExpertCache(
+            lambda e: {g: self._load_graph(g) for g in expert_graphs(self.manifest, e)},
+            lambda e: expert_bytes(self.manifest, e), max_experts, max_bytes,
+        )
+        trunk_in = self.manifest["graphs"]["trunk"]["inputs"][0]
+        self.input_shape = tuple(trunk_in["shape"])
+
+    def _load_graph(self, name: str):
+        path = artifact_path(self.dir, self.manifest, name)  # checks containment and sha256
+        entry = dict(self.manifest["graphs"][name], threads=self.threads)
+        return self.backend.load(path, entry)
+
+    def predict(self, image: np.ndarray, trace: bool = False) -> Prediction:
+        """Classify one preprocessed image (float32, the trunk's input shape, e.g. 1x1x28x28)."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.shape != self.input_shape:
+            raise ValueError(f"input has shape {tuple(image.shape)}, the bundle expects {self.input_shape} "
+                             "(preprocess with the manifest's preprocessing block)")
+        t = {}
+        clock = time.perf_counter
+        t0 = clock()
+        (tokens,) = self.graphs["trunk"]([image])
+        t1 = clock()
+        (router_logits,) = self.graphs["router"]([tokens])
+        experts, gates = select_experts(router_logits, self.top_k)
+        t2 = clock()
+        t["trunk"], t["router"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        t["attention"] = t["experts"] = t["expert_load"] = 0.0
+        traced = {"tokens": tokens, "router_logits": router_logits} if trace else {}
+        pinned = {int(e) for e in experts}
+        loaded = [self.experts.get(int(e), pinned) for e in experts]
+        t["expert_load"] = sum(ms for _, ms in loaded)
+        x = tokens
+        for layer in range(self.moe_layers):
+            a = clock()
+            x, hidden = self.graphs[f"moe{layer}_attn"]([x])
+            b = clock()
+            mixed = x.copy()
+            for (graphs, _), e, gate in zip(loaded, experts, gates):
+                (y,) = graphs[f"moe{layer}_e{int(e)}"]([hidden])
+                mixed += gate * y
+            x = mixed
+            c = clock()
+            t["attention"] += (b - a) * 1e3
+            t["experts"] += (c - b) * 1e3
+            if trace:
+                traced[f"moe{layer}_out"] = x
+        a = clock()
+        (logits,) = self.graphs["head"]([x])
+        t["head"] = (clock() - a) * 1e3
+        t["total"] = (clock() - t0) * 1e3
+        if trace:
+            traced["logits"] = logits
+        return Prediction(logits.reshape(-1), router_logits.reshape(-1), [int(e) for e in experts],
+                          [float(g) for g in gates], t, traced)
+
+
+def preprocess_image(path: Path, manifest: dict) -> np.ndarray:
+    """An image file -> the trunk's float32 input, using the manifest's preprocessing block."""
+    from .data import load_image
+
+    pre = manifest["preprocessing"]
+    img = load_image(Path(path), pre["image_size"], pre["channels"])
+    x = img.numpy().astype(np.float32) / 255.0
+    mean = np.asarray(pre["mean"], dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(pre["std"], dtype=np.float32).reshape(-1, 1, 1)
+    return ((x - mean) / std)[None].astype(np.float32)
+
+
+__all__ = ["BundleRuntime", "BundleError", "ExpertCache", "Prediction", "preprocess_image", "select_experts"]

@@ -1,0 +1,304 @@
+"""Training: dense baseline -> confusion matrix -> super-classes -> Mobile V-MoE.
+
+Kept short and direct. Runs single-process or under `torchrun` (DistributedDataParallel,
+gloo on CPU, nccl on GPU). Each stage checkpoints every epoch into OUT/.state/ and a rerun
+with the same arguments continues from there; per-epoch shuffles come from (seed, epoch),
+so a resumed run reproduces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from .data import Dataset, Split, augment, holdout_split, preprocess
+from .model import MobileVMoE, ModelConfig, count_params, active_params, route
+from .superclass import confusion_matrix, describe, superclasses_from_confusion
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dense_epochs: int = 6
+    moe_epochs: int = 6
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    router_weight: float = 0.3  # lambda in L = L_cls + lambda * CE(router, super-class)
+    holdout_fraction: float = 0.1  # of train, for the dense model's confusion matrix
+    seed: int = 0
+    augment: bool = True
+    train_limit: int = 0  # use only the first N training images (0 = all): smoke tests
+
+
+class _Interrupt(Exception):
+    """Raised by tests to simulate a kill right after a checkpoint."""
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def log(msg: str) -> None:
+    if _rank() == 0:
+        print(msg, flush=True)
+
+
+def train_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(train_device())
+        dist.init_process_group(backend=backend)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def loss_fn(logits, router_logits, labels, superclass_of: torch.Tensor | None, router_weight: float):
+    """L = CE(classes) + router_weight * CE(router logits, super-class of the label)."""
+    cls_loss = F.cross_entropy(logits, labels)
+    if router_logits is None or superclass_of is None:
+        return cls_loss, cls_loss.detach(), torch.zeros((), device=logits.device)
+    router_loss = F.cross_entropy(router_logits, superclass_of[labels])
+    return cls_loss + router_weight * router_loss, cls_loss.detach(), router_loss.detach()
+
+
+@torch.no_grad()
+def predict(model: MobileVMoE, split: Split, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Predicted class, and for an MoE the router logits and selected experts, for a split."""
+    model.eval()
+    preds, router_logits, experts = [], [], []
+    for i in range(0, len(split), batch_size):
+        x = preprocess(split.images[i : i + batch_size], model.cfg.mean, model.cfg.std)
+        logits, r = model(x)
+        preds.append(logits.argmax(1))
+        if r is not None:
+            router_logits.append(r)
+            experts.append(route(r, model.cfg.top_k)[1])
+    out = {"pred": torch.cat(preds)}
+    if router_logits:
+        out["router_logits"] = torch.cat(router_logits)
+        out["experts"] = torch.cat(experts)
+    return out
+
+
+def evaluate(model: MobileVMoE, split: Split, superclass_of: list[int] | None = None) -> dict:
+    out = predict(model, split)
+    metrics = {"top1": float((out["pred"] == split.labels).float().mean()), "images": len(split)}
+    if "experts" in out and superclass_of is not None:
+        target = torch.tensor(superclass_of)[split.labels]
+        metrics["router_top1_vs_superclass"] = float((out["router_logits"].argmax(1) == target).float().mean())
+        usage = torch.bincount(out["experts"].flatten(), minlength=model.cfg.num_experts)
+        metrics["expert_usage"] = [int(u) for u in usage]
+    return metrics
+
+
+def _train_stage(
+    stage: str, model: MobileVMoE, data: Split, epochs: int, cfg: TrainConfig, state_path: Path,
+    superclass_of: list[int] | None = None, stop_after_epoch: int | None = None,
+) -> MobileVMoE:
+    """Train one model for `epochs`, checkpointing to state_path each epoch and resuming from it."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch = 0
+    if state_path.exists():
+        ckpt = load_checkpoint(state_path, expect_config=model.cfg)
+        saved = ckpt.train_state or {}
+        if saved.get("train_config") != asdict(cfg):
+            raise CheckpointError(
+                f"{state_path} was written with different training options; rerun with the same options "
+                "or use a fresh --out directory"
+            )
+        model.load_state_dict(ckpt.state_dict)
+        opt.load_state_dict(saved["optimizer"])
+        start_epoch = int(saved["epoch"])
+        log(f"[{stage}] resuming from {state_path} after epoch {start_epoch}/{epochs}")
+    device = train_device()
+    model.to(device)
+    sc = torch.tensor(superclass_of, device=device) if superclass_of is not None else None
+    net = model
+    if dist.is_initialized():
+        # Per-image routing leaves experts without images on some ranks in some steps.
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.cfg.is_moe)
+    world, rank = _world(), _rank()
+    per_rank = max(1, cfg.batch_size // world)
+    steps_per_epoch = len(data) // (per_rank * world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(data)} training images are fewer than one batch of {cfg.batch_size}")
+    total = steps_per_epoch * epochs
+    for epoch in range(start_epoch, epochs):
+        net.train()
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(data), generator=g)[: steps_per_epoch * per_rank * world]
+        shard = perm.view(steps_per_epoch, world, per_rank)[:, rank]
+        aug_g = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch * 31 + rank)
+        sums = torch.zeros(4)  # loss, cls loss, router loss, correct
+        t0 = time.time()
+        bar = tqdm(range(steps_per_epoch), desc=f"{stage} epoch {epoch + 1}/{epochs}", disable=rank != 0 or None,
+                   leave=False, file=sys.stderr)
+        for i in bar:
+            idx = shard[i]
+            images = data.images[idx]
+            if cfg.augment:
+                images = augment(images, aug_g)
+            x = preprocess(images, model.cfg.mean, model.cfg.std).to(device)
+            y = data.labels[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i, total, cfg)
+            logits, router_logits = net(x)
+            loss, cls_loss, r_loss = loss_fn(logits, router_logits, y, sc, cfg.router_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sums += torch.stack([loss.detach(), cls_loss, r_loss, (logits.argmax(1) == y).float().mean()]).cpu()
+        sums /= steps_per_epoch
+        log(f"[{stage}] epoch {epoch + 1}/{epochs}: loss {sums[0]:.4f} (cls {sums[1]:.4f}, router {sums[2]:.4f}) "
+            f"train acc {sums[3]:.4f} [{time.time() - t0:.0f}s]")
+        if rank == 0:
+            save_checkpoint(
+                Checkpoint(model.cfg, model.state_dict(), [], superclass_of,
+                           train_state={"optimizer": opt.state_dict(), "epoch": epoch + 1, "train_config": asdict(cfg)}),
+                state_path,
+            )
+        if dist.is_initialized():
+            dist.barrier()
+        if stop_after_epoch is not None and epoch + 1 == stop_after_epoch:
+            raise _Interrupt(stage)
+    return model.cpu().eval()
+
+
+def run_training(
+    model_cfg: ModelConfig, dataset: Dataset, cfg: TrainConfig, out_dir: Path, command: str = "",
+    stop_after: tuple[str, int] | None = None,
+) -> dict:
+    """The whole pipeline; returns the metrics written to OUT/metrics.json."""
+    out_dir = Path(out_dir)
+    state = out_dir / ".state"
+    if not model_cfg.is_moe:
+        raise ValueError(f"config '{model_cfg.name}' has moe_layers=0; vmoe-train needs an MoE config (it trains the dense twin itself)")
+    if model_cfg.num_experts > len(dataset.class_names):
+        raise ValueError(
+            f"num_experts {model_cfg.num_experts} exceeds the {len(dataset.class_names)} classes of {dataset.name}: "
+            "super-classes group classes, so use a config with fewer experts"
+        )
+    if len(dataset.class_names) != model_cfg.num_classes:
+        raise ValueError(f"config '{model_cfg.name}' has {model_cfg.num_classes} classes, dataset {dataset.name} has {len(dataset.class_names)}")
+    if _rank() == 0:
+        state.mkdir(parents=True, exist_ok=True)
+    if dist.is_initialized():
+        dist.barrier()
+    train = dataset.train.subset(slice(0, cfg.train_limit)) if cfg.train_limit else dataset.train
+    fit, holdout = holdout_split(train, cfg.holdout_fraction, cfg.seed)
+    stop = dict([stop_after]) if stop_after else {}
+
+    # (a) dense baseline with the same active FLOPs
+    torch.manual_seed(cfg.seed)
+    dense = _train_stage("dense", MobileVMoE(model_cfg.dense_twin()), fit, cfg.dense_epochs, cfg,
+                         state / "dense.pt", stop_after_epoch=stop.get("dense"))
+    # (b) + (c) confusion graph on held-out data, clustered into E super-classes
+    conf = confusion_matrix(predict(dense, holdout)["pred"], holdout.labels, model_cfg.num_classes)
+    superclass_of = superclasses_from_confusion(conf, model_cfg.num_experts, seed=cfg.seed)
+    log("super-classes: " + " | ".join(", ".join(g) for g in describe(superclass_of, dataset.class_names)))
+    # (d) the MoE with router supervision
+    torch.manual_seed(cfg.seed)
+    moe = _train_stage("moe", MobileVMoE(model_cfg), fit, cfg.moe_epochs, cfg, state / "moe.pt",
+                       superclass_of=superclass_of, stop_after_epoch=stop.get("moe"))
+
+    metrics = {
+        "dataset": dataset.name,
+        "dense": {**evaluate(dense, dataset.test), "params": count_params(dense)},
+        "moe": {**evaluate(moe, dataset.test, superclass_of), "params": count_params(moe), "active_params": active_params(moe)},
+        "superclasses": describe(superclass_of, dataset.class_names),
+        "holdout_confusion": conf.tolist(),
+        "train_config": asdict(cfg),
+        "command": command,
+    }
+    metrics["moe_minus_dense_top1"] = metrics["moe"]["top1"] - metrics["dense"]["top1"]
+    if _rank() == 0:
+        names = list(dataset.class_names)
+        save_checkpoint(Checkpoint(model_cfg, moe.state_dict(), names, superclass_of, metrics=metrics), out_dir / "model.pt")
+        save_checkpoint(Checkpoint(dense.cfg, dense.state_dict(), names, None, metrics=metrics["dense"]), out_dir / "dense.pt")
+        _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        _write_text(out_dir / "card.md", model_card(model_cfg, metrics))
+        shutil.rmtree(state, ignore_errors=True)
+    log(f"dense top-1 {metrics['dense']['top1']:.4f} | MoE top-1 {metrics['moe']['top1']:.4f} "
+        f"({100 * metrics['moe_minus_dense_top1']:+.2f} pts) | router acc vs super-classes "
+        f"{metrics['moe']['router_top1_vs_superclass']:.4f} | expert usage {metrics['moe']['expert_usage']}")
+    return metrics
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def model_card(cfg: ModelConfig, m: dict) -> str:
+    usage = m["moe"]["expert_usage"]
+    total = sum(usage)
+    groups = "\n".join(
+        f"| {e} | {', '.join(g)} | {usage[e]} ({100 * usage[e] / total:.1f}%) |" for e, g in enumerate(m["superclasses"])
+    )
+    return f"""# Model card: {cfg.name}
+
+Mobile V-MoE (per-image routing, arXiv 2309.04354) trained by vmoe-export on {m['dataset']}.
+
+## Produced by
+
+```
+{m['command']}
+```
+
+## Config
+
+```json
+{json.dumps(cfg.to_dict(), indent=2)}
+```
+
+Training options: `{json.dumps(m['train_config'])}`
+
+## Results on the {m['moe']['images']}-image test set
+
+| model | top-1 | params | active params / image |
+|---|---|---|---|
+| dense twin (same widths, all blocks dense) | {100 * m['dense']['top1']:.2f}% | {m['dense']['params']:,} | {m['dense']['params']:,} |
+| Mobile V-MoE (E={cfg.num_experts}, L={cfg.moe_layers}, k={cfg.top_k}) | {100 * m['moe']['top1']:.2f}% | {m['moe']['params']:,} | {m['moe']['active_params']:,} |
+
+MoE minus dense: {100 * m['moe_minus_dense_top1']:+.2f} points top-1 at equal active FLOPs (the router adds
+{cfg.embed_dim * cfg.num_experts + cfg.num_experts + 2 * cfg.embed_dim} parameters).
+
+Router top-1 accuracy against the super-class of the true label: {100 * m['moe']['router_top1_vs_superclass']:.2f}%.
+
+## Super-classes (clustered from the dense model's confusion graph) and expert usage on test
+
+| expert | classes | images routed (top-{cfg.top_k}) |
+|---|---|---|
+{groups}
+"""
