@@ -123,7 +123,7 @@ def evaluate(model: MobileVMoE, split: Split, superclass_of: list[int] | None = 
 
 
 def _train_stage(
-    stage: str, model: MobileVMoE, data: Split, epochs: int, cfg: TrainConfig, state_path: Path,
+    stage: str, model: MobileVMoE, data: Split, class_names: list[str], epochs: int, cfg: TrainConfig, state_path: Path,
     superclass_of: list[int] | None = None, stop_after_epoch: int | None = None,
 ) -> MobileVMoE:
     """Train one model for `epochs`, checkpointing to state_path each epoch and resuming from it."""
@@ -185,7 +185,7 @@ def _train_stage(
             f"train acc {sums[3]:.4f} [{time.time() - t0:.0f}s]")
         if rank == 0:
             save_checkpoint(
-                Checkpoint(model.cfg, model.state_dict(), [], superclass_of,
+                Checkpoint(model.cfg, model.state_dict(), class_names, superclass_of,
                            train_state={"optimizer": opt.state_dict(), "epoch": epoch + 1, "train_config": asdict(cfg)}),
                 state_path,
             )
@@ -216,13 +216,16 @@ def run_training(
         state.mkdir(parents=True, exist_ok=True)
     if dist.is_initialized():
         dist.barrier()
+    log(f"training {model_cfg.name} on {dataset.name}: world size {_world()}, device {train_device()}, "
+        f"{torch.get_num_threads()} threads per rank")
     train = dataset.train.subset(slice(0, cfg.train_limit)) if cfg.train_limit else dataset.train
     fit, holdout = holdout_split(train, cfg.holdout_fraction, cfg.seed)
     stop = dict([stop_after]) if stop_after else {}
+    names = list(dataset.class_names)
 
     # (a) dense baseline with the same active FLOPs
     torch.manual_seed(cfg.seed)
-    dense = _train_stage("dense", MobileVMoE(model_cfg.dense_twin()), fit, cfg.dense_epochs, cfg,
+    dense = _train_stage("dense", MobileVMoE(model_cfg.dense_twin()), fit, names, cfg.dense_epochs, cfg,
                          state / "dense.pt", stop_after_epoch=stop.get("dense"))
     # (b) + (c) confusion graph on held-out data, clustered into E super-classes
     conf = confusion_matrix(predict(dense, holdout)["pred"], holdout.labels, model_cfg.num_classes)
@@ -230,7 +233,7 @@ def run_training(
     log("super-classes: " + " | ".join(", ".join(g) for g in describe(superclass_of, dataset.class_names)))
     # (d) the MoE with router supervision
     torch.manual_seed(cfg.seed)
-    moe = _train_stage("moe", MobileVMoE(model_cfg), fit, cfg.moe_epochs, cfg, state / "moe.pt",
+    moe = _train_stage("moe", MobileVMoE(model_cfg), fit, names, cfg.moe_epochs, cfg, state / "moe.pt",
                        superclass_of=superclass_of, stop_after_epoch=stop.get("moe"))
 
     metrics = {
@@ -244,7 +247,6 @@ def run_training(
     }
     metrics["moe_minus_dense_top1"] = metrics["moe"]["top1"] - metrics["dense"]["top1"]
     if _rank() == 0:
-        names = list(dataset.class_names)
         save_checkpoint(Checkpoint(model_cfg, moe.state_dict(), names, superclass_of, metrics=metrics), out_dir / "model.pt")
         save_checkpoint(Checkpoint(dense.cfg, dense.state_dict(), names, None, metrics=metrics["dense"]), out_dir / "dense.pt")
         _write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")

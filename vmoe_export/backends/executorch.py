@@ -23,9 +23,19 @@ def export(graph, path: Path, options: dict) -> None:
     path.write_bytes(program.buffer)
 
 
+def set_threads(threads: int) -> None:
+    """XNNPACK's threadpool is process-wide in ExecuTorch; resize it only when asked to."""
+    if threads:
+        from executorch.extension.pybindings import portable_lib
+
+        if portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(threads)
+
+
 def load(path: Path, entry: dict):
     from executorch.runtime import Runtime
 
+    set_threads(int(entry.get("threads", 0)))
     method = Runtime.get().load_program(Path(path)).load_method("forward")
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,0 +1,62 @@
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from vmoe_export.checkpoint import Checkpoint, save_checkpoint
+from vmoe_export.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
+from vmoe_export.model import MobileVMoE, ModelConfig
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "models" / "fmnist-tiny" / "model.pt"
+
+needs_fmnist = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); the README's install command does this",
+)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(name="test-tiny", image_size=8, in_chans=1, patch_size=4, num_classes=6, embed_dim=16, depth=3,
+                num_heads=2, mlp_ratio=2.0, num_experts=3, moe_layers=2, top_k=1, mean=(0.5,), std=(0.25,))
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return MobileVMoE(tiny_config()).eval()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = MobileVMoE(cfg)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(Checkpoint(cfg, model.state_dict(), [f"c{i}" for i in range(6)], [0, 0, 1, 1, 2, 2],
+                               metrics={"dataset": "synthetic"}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """A small 3-class ImageFolder of 8x8 PNGs whose classes differ in brightness pattern."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgfolder")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 5)):
+        for c, name in enumerate("abc"):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (8, 8)).astype(np.uint8)
+                img[:, c * 3 : c * 3 + 2] += 180
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root

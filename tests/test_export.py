@@ -1,0 +1,241 @@
+"""Split exactness, every backend's bundle end to end, and the runtime's loading rules."""
+
+import json
+import platform
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHIPPED, needs_fmnist, tiny_config
+from vmoe_export.backends import TARGETS, BackendUnavailable, get_backend
+from vmoe_export.bundle import BundleError, read_manifest
+from vmoe_export.checkpoint import load_checkpoint
+from vmoe_export.data import preprocess
+from vmoe_export.export import ExportOptions, export_bundle
+from vmoe_export.model import MobileVMoE
+from vmoe_export.parity import ParityBounds, ParityError
+from vmoe_export.runtime import BundleRuntime, ExpertCache, select_experts
+from vmoe_export.split import run_split, split_model
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_composed_split_equals_pytorch(k):
+    torch.manual_seed(k)
+    model = MobileVMoE(tiny_config(top_k=k)).eval()
+    images = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        logits, router_logits = model(images)
+    out = run_split(split_model(model), images, k)
+    torch.testing.assert_close(out["router_logits"], router_logits)
+    torch.testing.assert_close(out["logits"], logits, atol=1e-5, rtol=1e-5)
+
+
+def test_split_has_one_graph_per_expert_and_layer():
+    names = [g.name for g in split_model(MobileVMoE(tiny_config()))]
+    assert names == ["trunk", "router", "moe0_attn", "moe0_e0", "moe0_e1", "moe0_e2",
+                     "moe1_attn", "moe1_e0", "moe1_e1", "moe1_e2", "head"]
+
+
+def test_dense_model_cannot_be_split():
+    with pytest.raises(ValueError, match="dense"):
+        split_model(MobileVMoE(tiny_config().dense_twin()))
+
+
+def test_select_experts_matches_torch_route():
+    from vmoe_export.model import route
+
+    logits = np.array([[0.3, 2.0, -1.0, 1.9]], dtype=np.float32)
+    experts, gates = select_experts(logits, 2)
+    g, e = route(torch.from_numpy(logits), 2)
+    assert experts.tolist() == e[0].tolist()
+    np.testing.assert_allclose(gates, g[0].numpy(), rtol=1e-6)
+
+
+# ---- runtime rules, on a tiny model exported to ONNX (the fastest real converter) ----
+
+def _synthetic_test_set(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 6, (n,), generator=g)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_bundle(tmp_path_factory):
+    from vmoe_export.checkpoint import Checkpoint
+
+    torch.manual_seed(0)
+    cfg = tiny_config(top_k=1)
+    ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(6)], [0, 0, 1, 1, 2, 2])
+    images, labels = _synthetic_test_set()
+    out = tmp_path_factory.mktemp("bundles")
+    path, report = export_bundle(ckpt, "onnx", out, images, labels, ExportOptions(parity_images=40, progress=False))
+    return path, ckpt
+
+
+def _copy(bundle, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_only_routed_experts_are_loaded(tiny_onnx_bundle):
+    path, ckpt = tiny_onnx_bundle
+    model = ckpt.build_model()
+    rt = BundleRuntime(path)
+    assert rt.experts.loaded == []
+    images, _ = _synthetic_test_set(12, seed=5)
+    x = preprocess(images, ckpt.config.mean, ckpt.config.std)
+    routed = set()
+    for i in range(len(x)):
+        pred = rt.predict(x[i : i + 1].numpy())
+        routed.update(pred.experts)
+        assert set(rt.experts.loaded) == routed  # nothing loaded that no image asked for
+    with torch.no_grad():
+        _, r = model(x)
+    assert routed == set(r.argmax(1).tolist())
+    assert rt.experts.loads == len(routed)
+
+
+def test_lru_eviction_respects_count_budget(tiny_onnx_bundle):
+    path, _ = tiny_onnx_bundle
+    rt = BundleRuntime(path, max_experts=1)
+    cache = rt.experts
+    for e in [0, 1, 0, 2, 2]:
+        cache.get(e)
+        assert len(cache.loaded) <= 1
+    assert cache.loaded == [2] and cache.loads == 4 and cache.evictions == 3
+
+
+def test_lru_eviction_respects_byte_budget():
+    sizes = {0: 10, 1: 20, 2: 15}
+    cache = ExpertCache(lambda e: f"expert{e}", sizes.__getitem__, max_bytes=35)
+    for e in [0, 1, 2]:
+        cache.get(e)
+        assert cache.resident_bytes <= 35
+    assert cache.loaded == [1, 2]  # 0 was least recently used
+    cache.get(1)
+    cache.get(0)  # evicts 2 (LRU), keeps 1
+    assert cache.loaded == [1, 0] and cache.resident_bytes == 30
+
+
+def test_budget_below_top_k_is_rejected(tiny_onnx_bundle):
+    with pytest.raises(ValueError, match="below top_k"):
+        BundleRuntime(tiny_onnx_bundle[0], max_experts=0)
+
+
+def test_tampered_artifact_is_refused(tiny_onnx_bundle, tmp_path):
+    bundle = _copy(tiny_onnx_bundle[0], tmp_path)
+    victim = bundle / "experts" / "e1" / "moe0.onnx"
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    rt = BundleRuntime(bundle)  # shared graphs are fine
+    with pytest.raises(BundleError, match="fails its checksum"):
+        rt.experts.get(1)
+
+
+def test_escaping_manifest_path_is_refused(tiny_onnx_bundle, tmp_path):
+    bundle = _copy(tiny_onnx_bundle[0], tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for evil in ["../outside.onnx", "/etc/passwd", "experts/../../x.onnx"]:
+        manifest["graphs"]["moe0_e0"]["path"] = evil
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match="escapes|not a relative path"):
+            BundleRuntime(bundle)
+
+
+def test_missing_expert_in_manifest_is_refused(tiny_onnx_bundle, tmp_path):
+    bundle = _copy(tiny_onnx_bundle[0], tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["graphs"]["moe1_e2"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="lacks graphs moe1_e2"):
+        read_manifest(bundle)
+
+
+def test_wrong_input_shape_is_refused(tiny_onnx_bundle):
+    rt = BundleRuntime(tiny_onnx_bundle[0])
+    with pytest.raises(ValueError, match=r"expects \(1, 1, 8, 8\)"):
+        rt.predict(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_unknown_target_and_missing_package(monkeypatch):
+    with pytest.raises(ValueError, match="unknown target 'tensorrt'"):
+        get_backend("tensorrt")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "vmoe_export.backends.onnx", raising=False)
+    with pytest.raises(BackendUnavailable, match="pip install .*onnxruntime"):
+        get_backend("onnx")
+
+
+def test_parity_failure_publishes_nothing(tmp_path):
+    from vmoe_export.checkpoint import Checkpoint
+
+    cfg = tiny_config()
+    ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(6)], [0, 0, 1, 1, 2, 2])
+    images, labels = _synthetic_test_set(8)
+    impossible = ExportOptions(parity_images=8, bounds=ParityBounds(max_logit_diff=-1.0), progress=False, golden_images=0)
+    with pytest.raises(ParityError, match="kept for inspection"):
+        export_bundle(ckpt, "onnx", tmp_path, images, labels, impossible, log=lambda s: None)
+    assert not (tmp_path / "onnx").exists()
+    assert (tmp_path / "onnx.rejected" / "manifest.json").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial." in p.name]
+
+
+# ---- every backend, on the shipped checkpoint and real Fashion-MNIST test images ----
+
+@pytest.fixture(scope="module")
+def fmnist_test():
+    from vmoe_export.data import load_fashion_mnist
+
+    return load_fashion_mnist().test
+
+
+@needs_fmnist
+@pytest.mark.slow
+@pytest.mark.parametrize("target", TARGETS)
+def test_backend_bundle_end_to_end(target, tmp_path, fmnist_test):
+    ckpt = load_checkpoint(SHIPPED)
+    path, report = export_bundle(ckpt, target, tmp_path, fmnist_test.images, fmnist_test.labels,
+                                 ExportOptions(parity_images=100, progress=False), log=lambda s: None)
+    manifest = read_manifest(path)
+    assert manifest["target"] == target and manifest["parity"] == report
+    assert len(manifest["graphs"]) == 3 + ckpt.config.moe_layers * (1 + ckpt.config.num_experts)
+    if target == "coreml" and platform.system() != "Darwin":
+        assert report["status"] == "skipped" and "macOS" in report["reason"]
+        assert report["spec_verified_graphs"] == len(manifest["graphs"])
+        return
+    assert report["status"] == "pass"
+    assert report["routing_agreement"] >= 0.995 and report["logits_max_abs_diff"] <= 1e-3
+    rt = BundleRuntime(path)
+    golden = json.loads((path / "golden" / "golden.json").read_text())
+    for case in golden["cases"]:
+        pred = rt.predict(np.asarray(case["input"], np.float32).reshape(golden["shape"]))
+        assert pred.experts == case["experts"]
+        np.testing.assert_allclose(pred.logits, case["logits"], atol=1e-3)
+
+
+@pytest.mark.skipif(platform.system() != "Darwin", reason="CoreML prediction needs macOS (Core ML framework)")
+@needs_fmnist
+def test_coreml_numeric_parity_on_macos(tmp_path, fmnist_test):
+    ckpt = load_checkpoint(SHIPPED)
+    _, report = export_bundle(ckpt, "coreml", tmp_path, fmnist_test.images, fmnist_test.labels,
+                              ExportOptions(parity_images=100, progress=False), log=lambda s: None)
+    assert report["status"] == "pass"
+
+
+@pytest.mark.slow
+def test_coreml_compression_shrinks_the_bundle(tmp_path):
+    from vmoe_export.checkpoint import Checkpoint
+    from vmoe_export.model import load_config
+
+    torch.manual_seed(0)
+    cfg = load_config("fmnist-tiny")
+    ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(10)], [0, 1, 0, 1, 0, 2, 0, 2, 3, 2])
+    images, labels = torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64)
+    sizes = {}
+    for mode in ("none", "palettize4"):
+        path, _ = export_bundle(ckpt, "coreml", tmp_path / mode, images, labels,
+                                ExportOptions(coreml_compress=mode, progress=False, golden_images=0), log=lambda s: None)
+        sizes[mode] = sum(g["size_bytes"] for g in read_manifest(path)["graphs"].values())
+    assert sizes["palettize4"] < 0.5 * sizes["none"]

@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from vmoe_export.checkpoint import load_checkpoint
+from vmoe_export.data import Dataset, Split
+from vmoe_export.train import TrainConfig, _Interrupt, run_training
+
+
+def synthetic_dataset(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 6, (n + 60,), generator=g)
+    images = torch.randint(0, 50, (n + 60, 1, 8, 8), generator=g, dtype=torch.uint8)
+    for c in range(6):  # a learnable signal: a bright stripe whose position is the class
+        images[labels == c, :, c, :] = 250
+    return Dataset("synthetic", tuple(f"c{i}" for i in range(6)), Split(images[:n], labels[:n]), Split(images[n:], labels[n:]))
+
+
+CFG = TrainConfig(dense_epochs=2, moe_epochs=2, batch_size=32, warmup_steps=5, augment=False)
+
+
+def _weights(path):
+    return load_checkpoint(path).state_dict
+
+
+def test_pipeline_reports_metrics_and_is_reproducible(tmp_path):
+    ds = synthetic_dataset()
+    m1 = run_training(tiny_config(), ds, CFG, tmp_path / "a")
+    run_training(tiny_config(), ds, CFG, tmp_path / "b")
+    for key in ("top1", "router_top1_vs_superclass", "expert_usage", "active_params"):
+        assert key in m1["moe"]
+    assert sum(m1["moe"]["expert_usage"]) == len(ds.test)
+    assert len(m1["superclasses"]) == 3
+    a, b = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # seeded: bit-identical
+    assert (tmp_path / "a" / "card.md").read_text().count("top-1") >= 1
+    assert not (tmp_path / "a" / ".state").exists()
+    ck = load_checkpoint(tmp_path / "a" / "model.pt")
+    assert ck.superclass_of is not None and ck.train_state is None
+
+
+@pytest.mark.parametrize("stage", ["dense", "moe"])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, stage):
+    ds = synthetic_dataset()
+    run_training(tiny_config(), ds, CFG, tmp_path / "full")
+    with pytest.raises(_Interrupt):
+        run_training(tiny_config(), ds, CFG, tmp_path / "resumed", stop_after=(stage, 1))
+    assert (tmp_path / "resumed" / ".state" / f"{stage}.pt").exists()
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    run_training(tiny_config(), ds, CFG, tmp_path / "resumed")
+    a, b = _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    ds = synthetic_dataset()
+    with pytest.raises(_Interrupt):
+        run_training(tiny_config(), ds, CFG, tmp_path / "r", stop_after=("dense", 1))
+    from vmoe_export.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="different model config"):
+        run_training(tiny_config(embed_dim=32), ds, CFG, tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_matches_single_process(tmp_path, image_folder):
+    """2 ranks x half batch with DDP's gradient averaging = 1 process with the full batch."""
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(dict(tiny_config(num_classes=3, num_experts=2).to_dict(), name="ddp-test")))
+    common = ["--config", str(cfg_path), "--data-dir", str(image_folder), "--dense-epochs", "2", "--moe-epochs", "2",
+              "--batch-size", "16", "--warmup-steps", "3", "--no-augment", "--threads", "1"]
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ddp = subprocess.run(
+        [str(bindir / "torchrun"), "--nproc-per-node=2", "--master-port=29517", "--no-python", str(bindir / "vmoe-train"),
+         *common, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "world size 2" in ddp.stdout
+    single = subprocess.run([str(bindir / "vmoe-train"), *common, "--out", str(tmp_path / "single")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = _weights(tmp_path / "ddp" / "model.pt"), _weights(tmp_path / "single" / "model.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-4, rtol=1e-3, msg=k)

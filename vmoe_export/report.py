@@ -1,0 +1,189 @@
+"""Write a benchmark report: bench.json, a Markdown summary and PNG plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PLOTS = ("latency.png", "stages.png", "expert_load.png", "memory.png")
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """Written into a temp dir and moved into place file by file, so a failed run leaves the previous report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".report.") as tmp:
+        tmp = Path(tmp)
+        (tmp / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        _plots(report, tmp)
+        (tmp / "README.md").write_text(markdown(report))
+        for f in tmp.iterdir():
+            os.replace(f, out_dir / f.name)
+
+
+def _plots(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = report["backends"]
+    names = list(backends)
+    series = {
+        "routed split bundle": [backends[t]["split"]["end_to_end"]["median_ms"] for t in names],
+        "dense twin (1 graph)": [backends[t]["dense_twin"]["median_ms"] for t in names],
+        "monolithic MoE (1 graph)": [backends[t]["monolithic"]["median_ms"] for t in names],
+    }
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(series)
+    for i, (label, vals) in enumerate(series.items()):
+        ax.bar([j + i * width for j in range(len(names))], vals, width, label=label)
+    ax.axhline(report["eager"]["routed_model"]["median_ms"], color="k", ls="--", lw=1, label="eager PyTorch (routed model)")
+    ax.set_xticks([j + width for j in range(len(names))], names)
+    ax.set_ylabel("median ms / image (batch 1)")
+    ax.set_title(f"End-to-end latency, {report['machine']['threads_requested']} thread(s)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+
+    stages = ["trunk", "router", "attention", "experts", "head"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = [0.0] * len(names)
+    for st in stages:
+        vals = [backends[t]["split"]["stages"][st]["median_ms"] for t in names]
+        ax.bar(names, vals, bottom=bottom, label=st)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("median ms / image")
+    ax.set_title("Routed bundle: time per stage")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "stages.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cold = [backends[t]["split"]["expert_cold_load"]["median_ms"] for t in names]
+    warm = [backends[t]["split"]["stages"]["experts"]["median_ms"] for t in names]
+    ax.bar([j - 0.2 for j in range(len(names))], cold, 0.4, label="cold: first use (checksum + read + init)")
+    ax.bar([j + 0.2 for j in range(len(names))], warm, 0.4, label="warm: expert compute per image")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("median ms")
+    ax.set_title("Expert switch cost")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "expert_load.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ok = [t for t in names if "error" not in backends[t]["memory"]]
+    routed = [backends[t]["memory"]["routed_resident_mb"] for t in ok]
+    full = [backends[t]["memory"]["all_experts_mb"] for t in ok]
+    ax.bar([j - 0.2 for j in range(len(ok))], routed, 0.4, label="shared graphs + routed expert(s)")
+    ax.bar([j + 0.2 for j in range(len(ok))], full, 0.4, label="shared graphs + all experts")
+    ax.set_xticks(range(len(ok)), ok)
+    ax.set_ylabel("RSS growth over runtime baseline (MiB)")
+    ax.set_title("Resident memory")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=110)
+    plt.close(fig)
+
+
+def _ms(d: dict) -> str:
+    return f"{d['median_ms']:.3f} / {d['p90_ms']:.3f}"
+
+
+def markdown(r: dict) -> str:
+    m, f, s = r["machine"], r["flops"], r["settings"]
+    mdl = r["model"]
+    lines = [
+        f"# vmoe-bench report: {mdl['name']} (E={mdl['num_experts']}, L={mdl['moe_layers']}, k={mdl['top_k']})",
+        "",
+        f"Measured {r['created_at']} on {m['cpu']} ({m['logical_cores']} logical cores, {m['os']}), "
+        f"{m['threads_requested']} thread(s) per runtime, batch 1, {s['warmup']} warm-up + {s['runs']} timed runs"
+        f"{' (--quick)' if s['quick'] else ''}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
+        "Shared machines are noisy: read the ratios (measured in this one run), not absolute milliseconds. "
+        "Nothing here ran on a phone; see the README's on-device section.",
+        "",
+        "## FLOPs and parameters (torch.utils.flop_counter on the exported programs; 1 MAC = 2 FLOPs)",
+        "",
+        "| graph | FLOPs |",
+        "|---|---|",
+        *[f"| {n} | {v:,} |" for n, v in f["per_graph"].items()],
+        "",
+        f"- Active per image (shared graphs + k experts): **{f['active_per_image']:,}** FLOPs; "
+        f"all graphs together: {f['total_all_graphs']:,}",
+        f"- Dense twin (same widths, all blocks dense): {f['dense_twin']:,} FLOPs "
+        f"(active MoE / dense = {f['active_over_dense']:.4f}; the difference is the router)",
+        f"- Monolithic MoE graph (all experts computed, masked): {f['monolithic_moe']:,} FLOPs",
+        f"- Parameters: {f['params']['total']:,} total, {f['params']['active_per_image']:,} active per image, "
+        f"dense twin {f['params']['dense_twin']:,}",
+        "",
+        "## End-to-end latency, median / p90 ms per image",
+        "",
+        "| backend | routed split bundle | dense twin | monolithic MoE | split / dense (a) | split / monolithic (b) | split / eager (c) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t, b in r["backends"].items():
+        q = r["ratios"][t]
+        lines.append(f"| {t} | {_ms(b['split']['end_to_end'])} | {_ms(b['dense_twin'])} | {_ms(b['monolithic'])} | "
+                     f"{q['split_over_dense_twin']:.2f} | {q['split_over_monolithic']:.2f} | {q['split_over_eager_model']:.2f} |")
+    e = r["eager"]
+    lines += [
+        f"| eager PyTorch | routed model {_ms(e['routed_model'])}; split schedule {_ms(e['routed_split'])} | "
+        f"{_ms(e['dense_twin'])} | {_ms(e['monolithic'])} | | | |",
+        "",
+        "![latency](latency.png)",
+        "",
+        "## Per stage (routed bundle), median / p90 ms",
+        "",
+        "| backend | trunk | router | attention (all MoE layers) | experts (all MoE layers) | head | shared graphs load |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t, b in r["backends"].items():
+        st = b["split"]["stages"]
+        lines.append(f"| {t} | {_ms(st['trunk'])} | {_ms(st['router'])} | {_ms(st['attention'])} | {_ms(st['experts'])} | "
+                     f"{_ms(st['head'])} | {b['split']['shared_load_ms']:.1f} ms |")
+    lines += [
+        "",
+        "![stages](stages.png)",
+        "",
+        "## Expert switch cost",
+        "",
+        "Cold = first use of an expert in a process: sha256 check, read, and runtime init of its per-layer graphs "
+        "(files are in the OS page cache, so this is not a cold disk read). Warm = the expert is resident: a cache lookup, "
+        "then only its compute.",
+        "",
+        "| backend | cold load median / p90 ms | warm lookup ms | expert compute per image ms | cold / warm compute | expert size |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t, b in r["backends"].items():
+        sp = b["split"]
+        lines.append(f"| {t} | {_ms(sp['expert_cold_load'])} | {sp['expert_warm_lookup']['median_ms']:.4f} | "
+                     f"{sp['stages']['experts']['median_ms']:.3f} | {r['ratios'][t]['cold_load_over_warm_expert_exec']:.1f} | "
+                     f"{sp['expert_bytes'][0] / 1024:.0f} KiB |")
+    lines += [
+        "",
+        "![expert load](expert_load.png)",
+        "",
+        "## Resident memory (separate process per backend, Linux VmRSS)",
+        "",
+        "| backend | shared graphs | + routed expert(s) | + all experts | process peak |",
+        "|---|---|---|---|---|",
+    ]
+    for t, b in r["backends"].items():
+        mem = b["memory"]
+        if "error" in mem:
+            lines.append(f"| {t} | error: {mem['error']} | | | |")
+        else:
+            lines.append(f"| {t} | {mem['shared_graphs_mb']:.2f} MiB | {mem['routed_resident_mb']:.2f} MiB | "
+                         f"{mem['all_experts_mb']:.2f} MiB | {mem['peak_rss'] / 2**20:.0f} MiB |")
+    lines += ["", "![memory](memory.png)", ""]
+    return "\n".join(lines)
+
+
