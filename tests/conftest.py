@@ -60,3 +60,24 @@ def image_folder(tmp_path_factory):
                 img[:, c * 3 : c * 3 + 2] += 180
                 Image.fromarray(img).save(d / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def shipped_bundle(tmp_path_factory):
+    """export(target) -> (bundle dir, parity report): a fresh export of the shipped checkpoint on real
+    Fashion-MNIST test images, made once per target per test session and shared."""
+    from vmoe_export.checkpoint import load_checkpoint
+    from vmoe_export.data import load_fashion_mnist
+    from vmoe_export.export import ExportOptions, export_bundle
+
+    cache = {}
+    root = tmp_path_factory.mktemp("shipped_bundles")
+
+    def export(target):
+        if target not in cache:
+            test = load_fashion_mnist().test
+            cache[target] = export_bundle(load_checkpoint(SHIPPED), target, root, test.images, test.labels,
+                                          ExportOptions(parity_images=100, progress=False), log=lambda s: None)
+        return cache[target]
+
+    return export

@@ -194,10 +194,9 @@ def fmnist_test():
 @needs_fmnist
 @pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
-def test_backend_bundle_end_to_end(target, tmp_path, fmnist_test):
+def test_backend_bundle_end_to_end(target, shipped_bundle):
     ckpt = load_checkpoint(SHIPPED)
-    path, report = export_bundle(ckpt, target, tmp_path, fmnist_test.images, fmnist_test.labels,
-                                 ExportOptions(parity_images=100, progress=False), log=lambda s: None)
+    path, report = shipped_bundle(target)
     manifest = read_manifest(path)
     assert manifest["target"] == target and manifest["parity"] == report
     assert len(manifest["graphs"]) == 3 + ckpt.config.moe_layers * (1 + ckpt.config.num_experts)

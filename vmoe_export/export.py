@@ -122,8 +122,25 @@ def write_golden(path: Path, model, ckpt: Checkpoint, images_u8: torch.Tensor, l
             "logits": [float(v) for v in ref["logits"][i]],
             "predicted": int(ref["logits"][i].argmax()),
         })
-    payload = {"shape": [1, cfg.in_chans, cfg.image_size, cfg.image_size], "tolerance": 1e-3, "cases": cases}
+    payload = {"shape": [1, cfg.in_chans, cfg.image_size, cfg.image_size], "tolerance": 1e-3, "cases": cases,
+               "combine": _combine_vector(model, x[:1])}
     _write_json(path, payload)
+
+
+@torch.no_grad()
+def _combine_vector(model, image: torch.Tensor) -> dict:
+    """First MoE layer of one image, stage by stage, so the apps can test their gate mixing."""
+    from .model import route
+
+    tokens = model.trunk(image)
+    gates, experts = route(model.router(tokens), model.cfg.top_k)
+    blk = model.moe_blocks[0]
+    attn_out, hidden = blk.attend(tokens)
+    outs = [blk.experts[int(e)](hidden) for e in experts[0]]
+    mixed = blk(tokens, gates, experts)
+    flat = lambda t: [float(v) for v in t.flatten()]  # noqa: E731
+    return {"layer": 0, "experts": experts[0].tolist(), "gates": flat(gates[0]), "attention_out": flat(attn_out),
+            "expert_outs": [flat(o) for o in outs], "expected": flat(mixed)}
 
 
 def _write_json(path: Path, data) -> None:

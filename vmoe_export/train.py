@@ -31,8 +31,8 @@ from .superclass import confusion_matrix, describe, superclasses_from_confusion
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dense_epochs: int = 6
-    moe_epochs: int = 6
+    dense_epochs: int = 15
+    moe_epochs: int = 15
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Compile the platform-neutral Kotlin core and run its JUnit tests on the JVM against an exported bundle.
+# Usage: run_tests.sh BUNDLE_DIR   (needs kotlinc and junit4: apt-get install kotlin junit4)
+set -euo pipefail
+bundle=$(cd "$1" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+cp="/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
+kotlinc -nowarn "$here"/src/main/kotlin/dev/vmoe/core/*.kt -d "$build/core.jar" 2>&1 | grep -v "^warning" || true
+test -f "$build/core.jar"
+kotlinc -nowarn -cp "$build/core.jar:$cp" "$here"/src/test/kotlin/dev/vmoe/core/*.kt -d "$build/tests.jar" 2>&1 | grep -v "^warning" || true
+test -f "$build/tests.jar"
+kotlin_lib=$(dirname "$(readlink -f "$(command -v kotlinc)")")/../lib
+stdlib=$(ls /usr/share/java/kotlin-stdlib.jar 2>/dev/null || ls "$kotlin_lib"/kotlin-stdlib.jar)
+java -Dvmoe.bundle="$bundle" -cp "$build/core.jar:$build/tests.jar:$cp:$stdlib" org.junit.runner.JUnitCore dev.vmoe.core.CoreTest

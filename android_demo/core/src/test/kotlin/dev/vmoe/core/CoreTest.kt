@@ -1,0 +1,106 @@
+package dev.vmoe.core
+
+import org.junit.Assert.assertArrayEquals
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertTrue
+import org.junit.Assert.fail
+import org.junit.Test
+import java.io.File
+
+/** Runs against a real bundle exported by vmoe-export: -Dvmoe.bundle=DIR (its golden/golden.json). */
+class CoreTest {
+    private val bundleDir = File(System.getProperty("vmoe.bundle") ?: error("set -Dvmoe.bundle=<exported bundle dir>"))
+    private val golden = Json.parse(File(bundleDir, "golden/golden.json").readText()).obj("golden")
+    private val cases = golden["cases"].list("cases").map { it.obj("case") }
+    private val manifest = Bundle(bundleDir).manifest
+
+    @Test fun preprocessingMatchesToolkit() {
+        for (c in cases) {
+            val pixels = c["pixels_u8"].list("pixels").map { it.int("px").toByte() }.toByteArray()
+            assertArrayEquals(c["input"].floats("input"), Routing.preprocess(pixels, manifest.preprocessing), 1e-5f)
+        }
+    }
+
+    @Test fun expertSelectionAndGatesMatchToolkit() {
+        for (c in cases) {
+            val (ids, gates) = Routing.selectExperts(c["router_logits"].floats("router_logits"), manifest.topK)
+            assertArrayEquals(c["experts"].list("experts").map { it.int("e") }.toIntArray(), ids)
+            assertArrayEquals(c["gates"].floats("gates"), gates, 1e-6f)
+        }
+    }
+
+    @Test fun gateMixingMatchesPyTorch() {
+        val v = golden["combine"].obj("combine")
+        val outs = v["expert_outs"].list("expert_outs").map { it.floats("expert_out") }
+        val mixed = Routing.combine(v["attention_out"].floats("attention_out"), outs, v["gates"].floats("gates"))
+        assertArrayEquals(v["expected"].floats("expected"), mixed, 1e-4f)
+    }
+
+    @Test fun tieBreaksToLowerExpertId() {
+        assertArrayEquals(intArrayOf(1, 2), Routing.selectExperts(floatArrayOf(0f, 2f, 2f, 1f), 2).first)
+    }
+
+    @Test fun everyArtifactVerifies() {
+        val bundle = Bundle(bundleDir)
+        assertEquals(3 + manifest.moeLayers * (1 + manifest.numExperts), manifest.graphs.size)
+        for (g in manifest.graphs.keys) assertTrue(bundle.verifiedArtifact(g).exists())
+    }
+
+    @Test fun tamperedArtifactIsRejected() {
+        val copy = copyBundle()
+        val victim = File(copy, manifest.graphs.getValue("moe0_e0").path)
+        val bytes = victim.readBytes()
+        bytes[bytes.size / 2] = (bytes[bytes.size / 2] + 1).toByte()
+        victim.writeBytes(bytes)
+        expectManifestError("fails its checksum") { Bundle(copy).verifiedArtifact("moe0_e0") }
+    }
+
+    @Test fun missingExpertIsRejected() {
+        val text = File(bundleDir, "manifest.json").readText()
+        val last = "moe${manifest.moeLayers - 1}_e${manifest.numExperts - 1}"
+        expectManifestError("lacks graphs $last") { Manifest.parse(text.replace("\"$last\":", "\"renamed\":")) }
+    }
+
+    @Test fun escapingPathIsRejected() {
+        val text = File(bundleDir, "manifest.json").readText()
+        val path = manifest.graphs.getValue("moe0_e0").path
+        for (evil in listOf("../../etc/passwd", "/etc/passwd", "experts/../../x")) {
+            expectManifestError("escapes") { Manifest.parse(text.replace("\"$path\"", "\"$evil\"")) }
+        }
+    }
+
+    @Test fun wrongSchemaIsRejected() {
+        expectManifestError("not a vmoe-export manifest") { Manifest.parse("{\"schema\": \"other\"}") }
+        expectManifestError("not valid JSON") { Manifest.parse("{\"schema\": ") }
+    }
+
+    @Test fun lruCacheRespectsCountAndBytes() {
+        val byCount = ExpertCache<String>({ "e$it" }, { 10L }, maxExperts = 2)
+        listOf(0, 1, 0, 2).forEach { byCount.get(it) }
+        assertEquals(listOf(0, 2), byCount.loaded)  // 1 was least recently used
+        assertEquals(3, byCount.loads)
+        val sizes = mapOf(0 to 10L, 1 to 20L, 2 to 15L)
+        val byBytes = ExpertCache<String>({ "e$it" }, { sizes.getValue(it) }, maxBytes = 35)
+        listOf(0, 1, 2).forEach { byBytes.get(it); assertTrue(byBytes.residentBytes <= 35) }
+        assertEquals(listOf(1, 2), byBytes.loaded)
+        val pinned = ExpertCache<String>({ "e$it" }, { 10L }, maxExperts = 1)
+        pinned.get(0)
+        pinned.get(1, pinned = setOf(0, 1))  // both needed by one image: over budget rather than evict a needed one
+        assertEquals(listOf(0, 1), pinned.loaded)
+    }
+
+    private fun copyBundle(): File {
+        val dst = createTempDir("vmoe-bundle")
+        bundleDir.copyRecursively(dst, overwrite = true)
+        return dst
+    }
+
+    private fun expectManifestError(fragment: String, block: () -> Unit) {
+        try {
+            block()
+            fail("expected ManifestException containing '$fragment'")
+        } catch (e: ManifestException) {
+            assertTrue("'${e.message}' should contain '$fragment'", e.message!!.contains(fragment))
+        }
+    }
+}

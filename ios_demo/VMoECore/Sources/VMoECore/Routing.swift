@@ -1,0 +1,39 @@
+import Foundation
+
+/// Preprocessing, expert selection and gate mixing, mirrored from vmoe_export.runtime.
+public enum Routing {
+    /// uint8 pixels (C*H*W, channel-major) -> (p / 255 - mean[c]) / std[c].
+    public static func preprocess(_ pixels: [UInt8], _ pre: Preprocessing) -> [Float] {
+        let plane = pre.image_size * pre.image_size
+        precondition(pixels.count == plane * pre.channels, "expected \(plane * pre.channels) pixels")
+        return pixels.enumerated().map { i, p in
+            let c = i / plane
+            return (Float(p) / 255 - pre.mean[c]) / pre.std[c]
+        }
+    }
+
+    public static func softmax(_ logits: [Float]) -> [Double] {
+        let m = Double(logits.max() ?? 0)
+        let e = logits.map { exp(Double($0) - m) }
+        let s = e.reduce(0, +)
+        return e.map { $0 / s }
+    }
+
+    /// Top-k of softmax(router logits), highest first, ties to the lower id; gates not renormalised (V-MoE).
+    public static func selectExperts(_ routerLogits: [Float], k: Int) -> (experts: [Int], gates: [Float]) {
+        let p = softmax(routerLogits)
+        let order = p.indices.sorted { p[$0] != p[$1] ? p[$0] > p[$1] : $0 < $1 }.prefix(k)
+        return (Array(order), order.map { Float(p[$0]) })
+    }
+
+    /// tokens = attentionOut + sum_j gates[j] * expertOuts[j], in that order, in float32.
+    public static func combine(_ attentionOut: [Float], _ expertOuts: [[Float]], _ gates: [Float]) -> [Float] {
+        var out = attentionOut
+        for (j, y) in expertOuts.enumerated() {
+            for i in out.indices { out[i] += gates[j] * y[i] }
+        }
+        return out
+    }
+
+    public static func argmax(_ x: [Float]) -> Int { x.indices.max { x[$0] < x[$1] } ?? -1 }
+}
