@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vmoe_export.checkpoint import Checkpoint, save_checkpoint
-from vmoe_export.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
+from vmoe_export.data import FASHION_MNIST_DIR
 from vmoe_export.model import MobileVMoE, ModelConfig
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -3,7 +3,6 @@ the JVM against golden vectors from a fresh export of the shipped model."""
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -82,3 +82,21 @@ def test_predict_not_a_bundle(tmp_path):
     img.write_bytes(b"")
     r = run("vmoe-export", "run", "--bundle", str(tmp_path), str(img))
     assert r.returncode == 2 and "not a vmoe-export bundle" in _error_line(r)
+
+
+def test_train_resume_with_mismatched_config(tmp_path, image_folder):
+    import json
+
+    from conftest import tiny_config
+    from vmoe_export.checkpoint import Checkpoint, save_checkpoint
+    from vmoe_export.model import MobileVMoE
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(tiny_config(num_classes=3, num_experts=2).to_dict()))
+    other = tiny_config(num_classes=3, num_experts=2, embed_dim=32).dense_twin()
+    save_checkpoint(Checkpoint(other, MobileVMoE(other).state_dict(), ["a", "b", "c"]), tmp_path / "o" / ".state" / "dense.pt")
+    before = (tmp_path / "o" / ".state" / "dense.pt").read_bytes()
+    r = run("vmoe-train", "--config", str(cfg), "--data-dir", str(image_folder), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "different model config" in _error_line(r) and "embed_dim" in _error_line(r)
+    assert (tmp_path / "o" / ".state" / "dense.pt").read_bytes() == before
+    assert not (tmp_path / "o" / "model.pt").exists()

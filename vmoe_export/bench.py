@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data import DataError, load_fashion_mnist, preprocess
 from .flops import count_flops
 from .model import MobileVMoE, active_params, count_params
-from .runtime import BundleRuntime, ExpertCache
+from .runtime import BundleRuntime
 from .split import run_split, split_model
 
 RUNTIME_TARGETS = ("executorch", "tflite", "onnx")  # backends with a Linux runtime
@@ -112,7 +112,7 @@ def bench_bundle(bundle: Path, images: np.ndarray, s: BenchSettings) -> dict:
     cold, warm = [], []
     trials = 1 if s.quick else 3
     for _ in range(trials):
-        cache = ExpertCache(rt.experts._load, rt.experts._size_of)
+        cache = rt.experts.empty_copy()
         for e in range(E):
             cold.append(cache.get(e)[1])
             t0 = time.perf_counter()
@@ -170,13 +170,13 @@ rt = BundleRuntime(bundle, threads=1)
 shared = rss()[0]
 import numpy as np
 rt.predict(np.zeros(rt.input_shape, np.float32))
-routed = rss()[0]
+routed, routed_count = rss()[0], len(rt.experts.loaded)
 for e in range(rt.num_experts):
     rt.experts.get(e)
 rt.predict(np.zeros(rt.input_shape, np.float32))
 full, peak = rss()
 print(json.dumps({"baseline_rss": base, "shared_loaded_rss": shared, "routed_resident_rss": routed,
-                  "all_experts_rss": full, "peak_rss": peak, "routed_experts": len(rt.experts.loaded) and rt.top_k}))
+                  "all_experts_rss": full, "peak_rss": peak, "routed_experts": routed_count}))
 """
 
 
@@ -187,7 +187,7 @@ def measure_rss(bundle: Path) -> dict:
     m = json.loads(r.stdout.strip().splitlines()[-1])
     mb = 1 / 2**20
     return {
-        **{k: v for k, v in m.items()},
+        **m,
         "shared_graphs_mb": (m["shared_loaded_rss"] - m["baseline_rss"]) * mb,
         "routed_resident_mb": (m["routed_resident_rss"] - m["baseline_rss"]) * mb,
         "all_experts_mb": (m["all_experts_rss"] - m["baseline_rss"]) * mb,

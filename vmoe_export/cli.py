@@ -151,7 +151,7 @@ def export_main(argv: list[str] | None = None) -> int:
     if args.parity_images < 1:
         return _fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
     from .backends import TARGETS, BackendUnavailable, get_backend
-    from .bundle import BundleError
+    from .bundle import BundleError, read_manifest
     from .checkpoint import load_checkpoint
     from .export import ExportOptions, export_bundle
     from .parity import ParityBounds, ParityError
@@ -174,8 +174,6 @@ def export_main(argv: list[str] | None = None) -> int:
         for t in targets:
             try:
                 path, _ = export_bundle(ckpt, t, args.output, test.images, test.labels, options)
-                from .bundle import read_manifest
-
                 m = read_manifest(path)
                 total = sum(g["size_bytes"] for g in m["graphs"].values())
                 print(f"{t}: wrote {path} ({total / 1e6:.2f} MB, {len(m['graphs'])} graphs, {m['export_seconds']:.1f}s)")

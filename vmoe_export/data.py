@@ -100,7 +100,7 @@ def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
             img = img.convert("L" if in_chans == 1 else "RGB")
             w, h = img.size
             scale = image_size / min(w, h)
-            img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BILINEAR)
+            img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.Resampling.BILINEAR)
             w, h = img.size
             left, top = (w - image_size) // 2, (h - image_size) // 2
             img = img.crop((left, top, left + image_size, top + image_size))

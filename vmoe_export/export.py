@@ -12,16 +12,16 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import __version__
 from .backends import get_backend
-from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, size_of
+from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, safe_join, sha256_of, size_of
 from .checkpoint import Checkpoint, atomic_write_bytes
 from .data import preprocess
 from .flops import count_flops
@@ -203,9 +203,9 @@ def _parity(backend, bundle_dir: Path, manifest: dict, model, ckpt, images_u8, l
     reason = backend.runtime_unavailable()
     if reason:
         # No runtime here: check every artifact's structure against the manifest instead.
-        for name, entry in manifest["graphs"].items():
+        for entry in manifest["graphs"].values():
             if backend.check_artifact:
-                backend.check_artifact(bundle_dir / entry["path"], entry)
+                backend.check_artifact(safe_join(bundle_dir, entry["path"]), entry)
         return {"status": "skipped", "reason": reason, "spec_verified_graphs": len(manifest["graphs"])}
     n = min(options.parity_images, len(images_u8))
     x = preprocess(images_u8[:n], ckpt.config.mean, ckpt.config.std)
@@ -217,7 +217,7 @@ def _publish(tmp: Path, final: Path) -> None:
     """Swap the finished bundle into place; the old one is removed only after the rename."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old.{np.random.randint(1 << 30)}")
+        old = final.with_name(f".{final.name}.old.{uuid.uuid4().hex[:8]}")
         final.rename(old)
     tmp.rename(final)
     if old is not None:

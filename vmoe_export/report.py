@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
-
-PLOTS = ("latency.png", "stages.png", "expert_load.png", "memory.png")
-
 
 def write_report(report: dict, out_dir: Path) -> None:
     """Written into a temp dir and moved into place file by file, so a failed run leaves the previous report."""
@@ -24,6 +20,23 @@ def write_report(report: dict, out_dir: Path) -> None:
             os.replace(f, out_dir / f.name)
 
 
+def _grouped_bars(plt, path: Path, names: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+                  hline: tuple[float, str] | None = None) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(series)
+    for i, (label, vals) in enumerate(series.items()):
+        ax.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(names))], vals, width, label=label)
+    if hline:
+        ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plots(report: dict, out: Path) -> None:
     import matplotlib
 
@@ -32,28 +45,27 @@ def _plots(report: dict, out: Path) -> None:
 
     backends = report["backends"]
     names = list(backends)
-    series = {
+    _grouped_bars(plt, out / "latency.png", names, {
         "routed split bundle": [backends[t]["split"]["end_to_end"]["median_ms"] for t in names],
         "dense twin (1 graph)": [backends[t]["dense_twin"]["median_ms"] for t in names],
         "monolithic MoE (1 graph)": [backends[t]["monolithic"]["median_ms"] for t in names],
-    }
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(series)
-    for i, (label, vals) in enumerate(series.items()):
-        ax.bar([j + i * width for j in range(len(names))], vals, width, label=label)
-    ax.axhline(report["eager"]["routed_model"]["median_ms"], color="k", ls="--", lw=1, label="eager PyTorch (routed model)")
-    ax.set_xticks([j + width for j in range(len(names))], names)
-    ax.set_ylabel("median ms / image (batch 1)")
-    ax.set_title(f"End-to-end latency, {report['machine']['threads_requested']} thread(s)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
+    }, "median ms / image (batch 1)", f"End-to-end latency, {report['machine']['threads_requested']} thread(s)",
+        hline=(report["eager"]["routed_model"]["median_ms"], "eager PyTorch (routed model)"))
 
-    stages = ["trunk", "router", "attention", "experts", "head"]
+    _grouped_bars(plt, out / "expert_load.png", names, {
+        "cold: first use (checksum + read + init)": [backends[t]["split"]["expert_cold_load"]["median_ms"] for t in names],
+        "warm: expert compute per image": [backends[t]["split"]["stages"]["experts"]["median_ms"] for t in names],
+    }, "median ms", "Expert switch cost")
+
+    ok = [t for t in names if "error" not in backends[t]["memory"]]
+    _grouped_bars(plt, out / "memory.png", ok, {
+        "shared graphs + routed expert(s)": [backends[t]["memory"]["routed_resident_mb"] for t in ok],
+        "shared graphs + all experts": [backends[t]["memory"]["all_experts_mb"] for t in ok],
+    }, "RSS growth over runtime baseline (MiB)", "Resident memory")
+
     fig, ax = plt.subplots(figsize=(7, 4))
     bottom = [0.0] * len(names)
-    for st in stages:
+    for st in ["trunk", "router", "attention", "experts", "head"]:
         vals = [backends[t]["split"]["stages"][st]["median_ms"] for t in names]
         ax.bar(names, vals, bottom=bottom, label=st)
         bottom = [b + v for b, v in zip(bottom, vals)]
@@ -62,33 +74,6 @@ def _plots(report: dict, out: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "stages.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    cold = [backends[t]["split"]["expert_cold_load"]["median_ms"] for t in names]
-    warm = [backends[t]["split"]["stages"]["experts"]["median_ms"] for t in names]
-    ax.bar([j - 0.2 for j in range(len(names))], cold, 0.4, label="cold: first use (checksum + read + init)")
-    ax.bar([j + 0.2 for j in range(len(names))], warm, 0.4, label="warm: expert compute per image")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("median ms")
-    ax.set_title("Expert switch cost")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "expert_load.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ok = [t for t in names if "error" not in backends[t]["memory"]]
-    routed = [backends[t]["memory"]["routed_resident_mb"] for t in ok]
-    full = [backends[t]["memory"]["all_experts_mb"] for t in ok]
-    ax.bar([j - 0.2 for j in range(len(ok))], routed, 0.4, label="shared graphs + routed expert(s)")
-    ax.bar([j + 0.2 for j in range(len(ok))], full, 0.4, label="shared graphs + all experts")
-    ax.set_xticks(range(len(ok)), ok)
-    ax.set_ylabel("RSS growth over runtime baseline (MiB)")
-    ax.set_title("Resident memory")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "memory.png", dpi=110)
     plt.close(fig)
 
 

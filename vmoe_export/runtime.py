@@ -56,6 +56,10 @@ class ExpertCache:
         self.evictions = 0
         self.load_ms: list[float] = []
 
+    def empty_copy(self) -> "ExpertCache":
+        """A new, empty cache with the same loader and budgets (to time cold loads again)."""
+        return ExpertCache(self._load, self._size_of, self.max_experts, self.max_bytes)
+
     @property
     def loaded(self) -> list[int]:
         return list(self._entries)
@@ -151,7 +155,7 @@ class BundleRuntime:
             x, hidden = self.graphs[f"moe{layer}_attn"]([x])
             b = clock()
             mixed = x.copy()
-            for (graphs, _), e, gate in zip(loaded, experts, gates):
+            for (graphs, _), e, gate in zip(loaded, experts, gates, strict=True):
                 (y,) = graphs[f"moe{layer}_e{int(e)}"]([hidden])
                 mixed += gate * y
             x = mixed

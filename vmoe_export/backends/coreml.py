@@ -89,7 +89,7 @@ def load(path: Path, entry: dict):
     out_names = [o["name"] for o in entry["outputs"]]
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = model.predict(dict(zip(in_names, inputs)))
+        result = model.predict(dict(zip(in_names, inputs, strict=True)))
         return [np.asarray(result[name], dtype=np.float32) for name in out_names]
 
     return run

@@ -30,7 +30,7 @@ def load(path: Path, entry: dict):
     out_names = [o["name"] for o in entry["outputs"]]
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return session.run(out_names, dict(zip(in_names, inputs)))
+        return session.run(out_names, dict(zip(in_names, inputs, strict=True)))
 
     return run
 

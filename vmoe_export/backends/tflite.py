@@ -34,7 +34,7 @@ def load(path: Path, entry: dict):
         raise ValueError(f"{path}: signature {signature} does not match the manifest's inputs/outputs")
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = runner(**{name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(in_names, inputs)})
+        result = runner(**{name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(in_names, inputs, strict=True)})
         return [result[name] for name in out_names]
 
     return run
