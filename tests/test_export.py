@@ -238,3 +238,25 @@ def test_coreml_compression_shrinks_the_bundle(tmp_path):
                                 ExportOptions(coreml_compress=mode, progress=False, golden_images=0), log=lambda s: None)
         sizes[mode] = sum(g["size_bytes"] for g in read_manifest(path)["graphs"].values())
     assert sizes["palettize4"] < 0.5 * sizes["none"]
+
+
+def test_byte_budget_must_hold_top_k_largest_experts(tiny_onnx_bundle):
+    from vmoe_export.bundle import expert_bytes
+
+    path, _ = tiny_onnx_bundle
+    manifest = read_manifest(path)
+    largest = max(expert_bytes(manifest, e) for e in range(3))
+    BundleRuntime(path, max_bytes=largest)  # k=1: the largest expert alone must fit
+    with pytest.raises(ValueError, match="cannot hold 1 experts"):
+        BundleRuntime(path, max_bytes=largest - 1)
+
+
+def test_min_byte_budget_sums_the_k_largest_experts():
+    from vmoe_export.runtime import min_byte_budget
+
+    sizes = {(0, 0): 10, (1, 0): 5, (0, 1): 30, (1, 1): 1, (0, 2): 20, (1, 2): 2}  # (layer, expert) -> bytes
+    manifest = {"model": {"num_experts": 3, "moe_layers": 2, "top_k": 2},
+                "graphs": {f"moe{l}_e{e}": {"size_bytes": b} for (l, e), b in sizes.items()}}
+    assert min_byte_budget(manifest) == 31 + 22  # experts 1 and 2
+    manifest["model"]["top_k"] = 1
+    assert min_byte_budget(manifest) == 31

@@ -30,6 +30,12 @@ def select_experts(router_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return order, probs[order].astype(np.float32)
 
 
+def min_byte_budget(manifest: dict) -> int:
+    """Bytes the k largest experts take together: one image may be routed to exactly those."""
+    sizes = sorted((expert_bytes(manifest, e) for e in range(manifest["model"]["num_experts"])), reverse=True)
+    return sum(sizes[: manifest["model"]["top_k"]])
+
+
 @dataclass
 class Prediction:
     logits: np.ndarray
@@ -109,7 +115,7 @@ class BundleRuntime:
         if max_experts is not None and max_experts < self.top_k:
             raise ValueError(f"expert budget {max_experts} is below top_k={self.top_k}: one image needs {self.top_k} experts resident")
         if max_bytes is not None:
-            need = max(sorted((expert_bytes(self.manifest, e) for e in range(self.num_experts)), reverse=True)[: self.top_k]) * self.top_k
+            need = min_byte_budget(self.manifest)
             if max_bytes < need:
                 raise ValueError(f"byte budget {max_bytes} cannot hold {self.top_k} experts ({need} bytes needed)")
         self.threads = threads
