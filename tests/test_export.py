@@ -260,3 +260,28 @@ def test_min_byte_budget_sums_the_k_largest_experts():
     assert min_byte_budget(manifest) == 31 + 22  # experts 1 and 2
     manifest["model"]["top_k"] = 1
     assert min_byte_budget(manifest) == 31
+
+
+def test_predict_command_on_image_files(tiny_onnx_bundle, tmp_path, capsys):
+    from PIL import Image
+
+    from vmoe_export.cli import predict_main
+    from vmoe_export.data import load_image
+
+    path, ckpt = tiny_onnx_bundle
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(3):
+        f = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (16, 12), dtype=np.uint8)).save(f)  # resized + cropped to 8x8
+        files.append(f)
+    assert predict_main(["--bundle", str(path), "--json", *map(str, files)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    model = ckpt.build_model()
+    for f, out in zip(files, lines, strict=True):
+        x = preprocess(load_image(f, 8, 1)[None], ckpt.config.mean, ckpt.config.std)
+        with torch.no_grad():
+            logits, router_logits = model(x)
+        assert out["class_id"] == int(logits.argmax()) and out["class"] == f"c{out['class_id']}"
+        assert out["experts"] == [int(router_logits.argmax())]
+        assert set(out["timings_ms"]) >= {"trunk", "router", "attention", "experts", "head", "total"}
