@@ -158,6 +158,10 @@ def markdown(r: dict) -> str:
         "",
         "## Resident memory (separate process per backend, Linux VmRSS)",
         "",
+        "Growth over the process after importing the runtime: after loading the shared graphs; after the first "
+        "image (its routed expert(s) plus the runtime's first-inference buffers and threadpool); after loading "
+        "every other expert too. The last step is the cost of keeping all experts resident.",
+        "",
         "| backend | shared graphs | + routed expert(s) | + all experts | process peak |",
         "|---|---|---|---|---|",
     ]
