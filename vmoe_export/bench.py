@@ -35,7 +35,6 @@ from .runtime import BundleRuntime
 from .split import run_split, split_model
 
 RUNTIME_TARGETS = ("executorch", "tflite", "onnx")  # backends with a Linux runtime
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -284,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="MoE checkpoint the bundles came from (default: shipped)")
     p.add_argument("--dense-checkpoint", type=Path, default=None,
                    help="dense twin checkpoint (default: dense.pt beside --checkpoint; latency does not depend on weights)")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results", help="report directory (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=Path("bench-report"),
+                   help="report directory (default bench-report/; benchmarks/run_all.sh records into benchmarks/results/)")
     p.add_argument("--threads", type=int, default=1, help="threads per runtime and for eager torch (default 1, like one big phone core)")
     p.add_argument("--quick", action="store_true", help="few runs, for CI and smoke checks (under two minutes)")
     p.add_argument("--images", type=int, default=64, help="test images cycled through (different images take different routes)")
