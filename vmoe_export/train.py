@@ -126,6 +126,9 @@ def _train_stage(
     superclass_of: list[int] | None = None, stop_after_epoch: int | None = None,
 ) -> MobileVMoE:
     """Train one model for `epochs`, checkpointing to state_path each epoch and resuming from it."""
+    # Place the model first: optimizer.load_state_dict moves its state to the parameters' device.
+    device = train_device()
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch = 0
     if state_path.exists():
@@ -140,8 +143,6 @@ def _train_stage(
         opt.load_state_dict(saved["optimizer"])
         start_epoch = int(saved["epoch"])
         log(f"[{stage}] resuming from {state_path} after epoch {start_epoch}/{epochs}")
-    device = train_device()
-    model.to(device)
     sc = torch.tensor(superclass_of, device=device) if superclass_of is not None else None
     net = model
     if dist.is_initialized():
