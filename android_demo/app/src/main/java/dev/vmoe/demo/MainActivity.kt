@@ -67,12 +67,17 @@ class MainActivity : ComponentActivity() {
                 classify(toInput(bmp, ensureModel().manifest.preprocessing), "gallery image")
             }
         }
+        // The system camera app takes the photo, so the demo needs no CAMERA permission.
+        val camera = rememberLauncherForActivityResult(ActivityResultContracts.TakePicturePreview()) { bmp ->
+            if (bmp != null) classify(toInput(bmp, ensureModel().manifest.preprocessing), "camera photo")
+        }
         Column(Modifier.padding(16.dp).verticalScroll(rememberScrollState())) {
             Row { targets.forEach { t -> Button(onClick = { target = t; model = null }, Modifier.padding(4.dp)) { Text(t) } } }
             Text("backend: $target")
             Row {
                 Button(onClick = { sampleInputs().firstOrNull()?.let { classify(it.second, "sample (label ${it.first})") } }, Modifier.padding(4.dp)) { Text("Sample") }
                 Button(onClick = { picker.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly)) }, Modifier.padding(4.dp)) { Text("Gallery") }
+                Button(onClick = { camera.launch(null) }, Modifier.padding(4.dp)) { Text("Camera") }
                 Button(onClick = {
                     thread {
                         output = try {
