@@ -104,3 +104,14 @@ def test_report_files_and_fields(tiny_run, tmp_path):
     assert "| onnx |" in md and "![latency](latency.png)" in md
     for png in ("latency.png", "stages.png", "expert_load.png", "memory.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bundles_from_another_model_are_refused(tiny_run, tmp_path):
+    from vmoe_export.bench import BenchSettings, run_benchmarks
+    from vmoe_export.checkpoint import Checkpoint, save_checkpoint
+
+    _, bundle, images = tiny_run
+    other = tiny_config(embed_dim=32)
+    save_checkpoint(Checkpoint(other, MobileVMoE(other).state_dict(), [f"c{i}" for i in range(6)]), tmp_path / "o.pt")
+    with pytest.raises(ValueError, match="was not exported from"):
+        run_benchmarks({"onnx": bundle}, tmp_path / "o.pt", None, BenchSettings(warmup=1, runs=1, quick=True), images, False)

@@ -30,7 +30,7 @@ from .bundle import BundleError, read_manifest
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import DataError, load_fashion_mnist, preprocess
 from .flops import count_flops
-from .model import MobileVMoE, active_params, count_params
+from .model import MobileVMoE, ModelConfig, active_params, count_params
 from .runtime import BundleRuntime
 from .split import run_split, split_model
 
@@ -214,6 +214,11 @@ def run_benchmarks(bundles: dict[str, Path], ckpt_path: Path, dense_path: Path |
     model = ckpt.build_model()
     dense = load_checkpoint(dense_path).build_model() if dense_path and dense_path.exists() else MobileVMoE(model.cfg.dense_twin()).eval()
     x = preprocess(images_u8, model.cfg.mean, model.cfg.std)
+    for target, path in bundles.items():
+        # The baselines are built from the checkpoint: comparing them with another model's bundle means nothing.
+        if ModelConfig.from_dict(read_manifest(path)["model"]["config"]) != model.cfg:
+            raise ValueError(f"bundle {path} was not exported from {ckpt_path} (model configs differ); "
+                             "pass the matching --checkpoint or re-export the bundle")
     any_manifest = read_manifest(next(iter(bundles.values())))
     report = {
         "vmoe_export": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -222,9 +227,8 @@ def run_benchmarks(bundles: dict[str, Path], ckpt_path: Path, dense_path: Path |
         "eager": bench_eager(model, dense, x[:1], s), "backends": {},
     }
     np_images = [x[i : i + 1].numpy() for i in range(len(x))]
-    steps = [t for t in bundles]
     with tempfile.TemporaryDirectory() as tmp:
-        for target in tqdm(steps, desc="benchmark backends", disable=not progress or None):
+        for target in tqdm(list(bundles), desc="benchmark backends", disable=not progress or None):
             out = {"bundle": str(bundles[target])}
             out["split"] = bench_bundle(bundles[target], np_images, s)
             work = Path(tmp) / target
