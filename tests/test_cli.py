@@ -43,6 +43,23 @@ def test_train_unknown_config(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_models_dir_override_and_missing_default_checkpoint(tmp_path):
+    """A non-editable install finds no models/ beside the package: VMOE_MODELS_DIR names one, and a
+    missing default checkpoint says how to fix it."""
+    import os
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(Path(__file__).parent.parent / "models" / "fmnist-tiny.json", models / "only-this.json")
+    env = {**os.environ, "VMOE_MODELS_DIR": str(models)}
+    r = run("vmoe-train", "--config", "nope", "--out", str(tmp_path / "o"), env=env)
+    assert r.returncode == 2 and "known configs: only-this" in _error_line(r)
+    r = run("vmoe-export", "--target", "onnx", "--output", str(tmp_path / "b"), env=env)
+    assert r.returncode == 2 and "VMOE_MODELS_DIR" in _error_line(r) and "Traceback" not in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_train_missing_data_dir_writes_nothing(tmp_path):
     r = run("vmoe-train", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "not an ImageFolder dataset" in _error_line(r) and "Traceback" not in r.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .model import MobileVMoE, ModelConfig
+from .model import MODELS_DIR, MobileVMoE, ModelConfig
 
 FORMAT = "vmoe-export/checkpoint"
 FORMAT_VERSION = 1
@@ -83,7 +83,11 @@ def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
 def load_checkpoint(path: Path, expect_config: ModelConfig | None = None) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        hint = "pass --checkpoint PATH (a model.pt written by vmoe-train)"
+        if MODELS_DIR.resolve() in path.resolve().parents:
+            hint += ("; the shipped models/ folder is only found in a source checkout installed with `pip install -e .`,"
+                     " or set VMOE_MODELS_DIR to a copy of it")
+        raise CheckpointError(f"checkpoint {path} does not exist: {hint}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe pickles

@@ -7,11 +7,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from .model import list_configs
+from .model import MODELS_DIR, list_configs
 
 DEFAULT_CONFIG = "fmnist-tiny"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = REPO_ROOT / "models" / DEFAULT_CONFIG / "model.pt"
+DEFAULT_CHECKPOINT = MODELS_DIR / DEFAULT_CONFIG / "model.pt"
 
 
 def _fail(prog: str, msg: str) -> int:
@@ -116,7 +115,7 @@ def export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", required=True, choices=[*TARGETS, "all"], help="backend to export to, or all four")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                   help=f"MoE checkpoint from vmoe-train (default: the shipped {DEFAULT_CHECKPOINT.relative_to(REPO_ROOT)})")
+                   help=f"MoE checkpoint from vmoe-train (default: the shipped {DEFAULT_CHECKPOINT})")
     p.add_argument("--output", type=Path, default=Path("bundles"), help="output directory; each target goes to OUTPUT/<target>/ (default bundles)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="ImageFolder dataset whose test/ split is used for parity (default: Fashion-MNIST test set)")

@@ -13,6 +13,7 @@ weights without renormalisation, so the classification loss also reaches the rou
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# models/ sits beside the package in a source checkout (the README installs it editable);
+# VMOE_MODELS_DIR points a non-editable install at a copy of that folder.
+MODELS_DIR = Path(os.environ.get("VMOE_MODELS_DIR") or Path(__file__).resolve().parent.parent / "models")
 
 
 @dataclass(frozen=True)
