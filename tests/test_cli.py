@@ -89,6 +89,30 @@ def test_export_corrupt_checkpoint(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
+def test_export_and_run_through_the_cli(tmp_path):
+    """The commands a user types, end to end: export the shipped model, then classify a test image with
+    the bundle. Converter chatter from Python loggers stays hidden."""
+    import numpy as np
+    from PIL import Image
+
+    from vmoe_export.data import load_fashion_mnist
+
+    r = run("vmoe-export", "--target", "onnx", "--output", str(tmp_path / "b"), "--parity-images", "50", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "onnx: parity PASS on 50 test images" in r.stdout and "onnx: wrote" in r.stdout
+    for noise in ("torchvision is not installed", "Failed to load", "FutureWarning"):
+        assert noise not in r.stderr
+    assert [p.name for p in tmp_path.joinpath("b").iterdir()] == ["onnx"]
+
+    test = load_fashion_mnist().test
+    img = tmp_path / "x.png"
+    Image.fromarray(test.images[0, 0].numpy().astype(np.uint8)).save(img)
+    r = run("vmoe-predict", "--bundle", str(tmp_path / "b" / "onnx"), "--json", str(img))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"class_id"' in r.stdout and '"experts"' in r.stdout
+
+
 def test_export_unknown_target(tmp_path):
     r = run("vmoe-export", "--target", "tensorrt", "--output", str(tmp_path / "b"))
     assert r.returncode == 2 and "invalid choice: 'tensorrt'" in r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -11,6 +12,21 @@ from .model import MODELS_DIR, list_configs
 
 DEFAULT_CONFIG = "fmnist-tiny"
 DEFAULT_CHECKPOINT = MODELS_DIR / DEFAULT_CONFIG / "model.pt"
+
+
+def _quiet_converters() -> None:
+    """Hide the converters' Python-side chatter (deprecations, optional kernels they could not load) so our
+    progress and errors stay readable. VMOE_VERBOSE=1 shows it all. Logs printed by native code (TF's oneDNN
+    notice, ExecuTorch's cpuinfo probe) bypass Python and still appear."""
+    if os.environ.get("VMOE_VERBOSE"):
+        return
+    import logging
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in ("torchao", "torch.onnx", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _fail(prog: str, msg: str) -> int:
@@ -62,6 +78,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
+    _quiet_converters()
     import torch
 
     from .data import load_dataset
@@ -147,6 +164,7 @@ def export_main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         return predict_main(argv[1:], prog="vmoe-export run")
     args = export_parser().parse_args(argv)
+    _quiet_converters()
     if args.parity_images < 1:
         return _fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
     from .backends import TARGETS, BackendUnavailable, get_backend
@@ -205,6 +223,7 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
 
 def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> int:
     args = predict_parser(prog).parse_args(argv)
+    _quiet_converters()
     import json
 
     from .backends import BackendUnavailable
@@ -231,6 +250,7 @@ def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> i
 
 
 def bench_main(argv: list[str] | None = None) -> int:
+    _quiet_converters()
     from .bench import main
 
     return main(argv)
