@@ -1,6 +1,7 @@
 """FLOP counts against hand counts, and the benchmark report's files and fields (no timing asserted)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,34 @@ def test_bundles_from_another_model_are_refused(tiny_run, tmp_path):
     save_checkpoint(Checkpoint(other, MobileVMoE(other).state_dict(), [f"c{i}" for i in range(6)]), tmp_path / "o.pt")
     with pytest.raises(ValueError, match="was not exported from"):
         run_benchmarks({"onnx": bundle}, tmp_path / "o.pt", None, BenchSettings(warmup=1, runs=1, quick=True), images, False)
+
+
+def _load_script(name):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_seeds_summary(tmp_path):
+    seeds = _load_script("accuracy_seeds")
+
+    def run(seed, dense, moe, **options):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        cfg = {"dense_epochs": 15, "moe_epochs": 15, "seed": seed, **options}
+        d.joinpath("metrics.json").write_text(json.dumps({
+            "command": f"vmoe-train --seed {seed}", "dense": {"top1": dense},
+            "moe": {"top1": moe, "router_top1_vs_superclass": 0.9}, "superclasses": [], "train_config": cfg}))
+        return d
+
+    s = seeds.summarize({0: run(0, 0.80, 0.82), 1: run(1, 0.82, 0.81), 2: run(2, 0.81, 0.83)})
+    assert s["moe_wins"] == 2
+    assert s["moe_minus_dense"]["mean"] == pytest.approx(0.01)
+    assert s["moe_minus_dense"]["stdev"] == pytest.approx(0.0173205, rel=1e-4)
+    assert "MoE ahead on 2 of 3 seeds" in seeds.markdown("tiny", s)
+    with pytest.raises(SystemExit, match="differ in more than their seed"):
+        seeds.summarize({0: tmp_path / "s0", 3: run(3, 0.8, 0.8, moe_epochs=5)})
