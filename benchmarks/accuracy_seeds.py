@@ -2,7 +2,7 @@
 """Dense twin vs Mobile V-MoE top-1 over several training seeds: is the gap larger than seed noise?
 
 For each seed, uses a finished run in RUNS_DIR/<config>-s<seed>/ (or the shipped models/<config>/ when
-its seed and training options match), trains the missing ones with `vmoe-train` (about 30 min per seed
+it was trained with that seed; runs whose other training options differ are refused), trains the missing ones with `vmoe-train` (about 30 min per seed
 on 2 CPU cores for fmnist-tiny; an interrupted run resumes), then prints and records the per-seed
 figures and their mean and standard deviation in OUT.json and OUT.md.
 
@@ -19,14 +19,20 @@ import sys
 import time
 from pathlib import Path
 
+from vmoe_export.model import MODELS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_dir(config: str, seed: int, runs_dir: Path) -> Path:
+    return runs_dir / f"{config}-s{seed}"
+
+
 def find_run(config: str, seed: int, runs_dir: Path) -> Path | None:
-    shipped = ROOT / "models" / config
+    shipped = MODELS_DIR / config
     if (shipped / "metrics.json").is_file() and _metrics(shipped)["train_config"]["seed"] == seed:
         return shipped
-    run = runs_dir / f"{config}-s{seed}"
+    run = run_dir(config, seed, runs_dir)
     return run if (run / "metrics.json").is_file() else None
 
 
@@ -35,7 +41,7 @@ def _metrics(run: Path) -> dict:
 
 
 def train(config: str, seed: int, runs_dir: Path) -> Path:
-    out = runs_dir / f"{config}-s{seed}"
+    out = run_dir(config, seed, runs_dir)
     cmd = [str(Path(sys.executable).parent / "vmoe-train"), "--config", config, "--seed", str(seed), "--out", str(out)]
     print("training:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -48,6 +54,7 @@ def summarize(runs: dict[int, Path]) -> dict:
         m = _metrics(run)
         rows.append({
             "seed": seed, "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "command": m["command"],
+            "dataset": m.get("dataset", "?"), "test_images": m["moe"].get("images"),
             "dense_top1": m["dense"]["top1"], "moe_top1": m["moe"]["top1"],
             "moe_minus_dense": m["moe"]["top1"] - m["dense"]["top1"],
             "router_top1_vs_superclass": m["moe"]["router_top1_vs_superclass"],
@@ -72,13 +79,18 @@ def summarize(runs: dict[int, Path]) -> dict:
     }
 
 
+def _test_set(rows: list[dict]) -> str:
+    sets = sorted({f"{r['test_images']:,}-image {r['dataset']}" if r["test_images"] else r["dataset"] for r in rows})
+    return " / ".join(sets)
+
+
 def markdown(config: str, s: dict) -> str:
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     pts = lambda v: f"{100 * v:+.2f}"  # noqa: E731
     lines = [
         f"# Dense twin vs Mobile V-MoE over {len(s['seeds'])} seeds: {config}",
         "",
-        f"Written by `benchmarks/accuracy_seeds.py` on {s['measured']}. Top-1 on the 10,000-image Fashion-MNIST "
+        f"Written by `benchmarks/accuracy_seeds.py` on {s['measured']}. Top-1 on the {_test_set(s['seeds'])} "
         "test set; both models have the same active FLOPs per image. Training options (all but the seed):",
         f"`{json.dumps(s['train_options'])}`.",
         "",
