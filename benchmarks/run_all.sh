@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 bin=.venv/bin
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for target in executorch tflite onnx; do
+# Every backend with a runtime on this OS, from the registry (CoreML needs macOS).
+for target in $("$bin/python" -c 'from vmoe_export.backends import runtime_targets; print(*runtime_targets())'); do
     "$bin/vmoe-export" --target "$target" --output "$work/bundles" --quiet
 done
 "$bin/vmoe-bench" --bundles "$work/bundles" --out benchmarks/results --quiet "$@"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from vmoe_export.baselines import dense_graph, monolithic_graph
+from vmoe_export.bench.baselines import dense_graph, monolithic_graph
 from vmoe_export.flops import count_flops
 from vmoe_export.model import MobileVMoE
 from vmoe_export.split import split_model
@@ -76,46 +76,79 @@ def tiny_run(tmp_path_factory):
     images = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
     bundle, _ = export_bundle(ckpt, "onnx", d / "bundles", images, torch.zeros(8, dtype=torch.int64),
                               ExportOptions(parity_images=8, progress=False, golden_images=0), log=lambda s: None)
-    return d, bundle, images
+    return ckpt, bundle, images
 
 
 def test_report_files_and_fields(tiny_run, tmp_path):
-    from vmoe_export.bench import BenchSettings, run_benchmarks
-    from vmoe_export.report import write_report
+    from vmoe_export.bench.measure import BenchSettings
+    from vmoe_export.bench.report import write_report
+    from vmoe_export.bench.run import run_benchmarks
+    from vmoe_export.model import count_params
 
-    d, bundle, images = tiny_run
-    report = run_benchmarks({"onnx": bundle}, d / "model.pt", None, BenchSettings(warmup=1, runs=3, quick=True),
-                            images, progress=False)
+    ckpt, bundle, images = tiny_run
+    model = ckpt.build_model()
+    runs = 3
+    report = run_benchmarks({"onnx": bundle}, model, MobileVMoE(model.cfg.dense_twin()),
+                            BenchSettings(warmup=1, runs=runs, quick=True), images, progress=False)
     write_report(report, tmp_path)
     data = json.loads((tmp_path / "bench.json").read_text())
     b = data["backends"]["onnx"]
     for stage in ("trunk", "router", "attention", "experts", "head"):
-        assert b["split"]["stages"][stage]["median_ms"] >= 0 and b["split"]["stages"][stage]["n"] == 3
-    for key in ("median_ms", "p90_ms"):
-        assert key in b["split"]["end_to_end"] and key in b["dense_twin"] and key in b["monolithic"]
-    assert b["split"]["expert_cold_load"]["n"] == 3  # one cold load per expert
+        assert b["split"]["stages"][stage]["median_ms"] > 0 and b["split"]["stages"][stage]["n"] == runs
+    for timing in (b["split"]["end_to_end"], b["dense_twin"], b["monolithic"]):
+        assert timing["n"] == runs and 0 < timing["median_ms"] <= timing["p90_ms"]
+    # Stages are parts of the end-to-end time, never more.
+    stage_sum = sum(b["split"]["stages"][st]["mean_ms"] for st in b["split"]["stages"])
+    assert stage_sum <= b["split"]["end_to_end"]["mean_ms"]
+    assert b["split"]["expert_cold_load"]["n"] == model.cfg.num_experts  # one cold load per expert
+    assert sum(b["split"]["routed_histogram"]) == runs * model.cfg.top_k
     mem = b["memory"]
     assert "error" not in mem, mem
-    assert mem["all_experts_rss"] >= mem["baseline_rss"] and mem["peak_rss"] >= mem["all_experts_rss"]
+    # The probe did what it reports: one image routed to k experts, then every expert loaded.
+    assert mem["routed_experts"] == model.cfg.top_k and mem["all_experts_loaded"] == model.cfg.num_experts
+    assert mem["shared_loaded_rss"] > mem["baseline_rss"] > 10 * 2**20  # sessions cost memory; python itself > 10 MiB
     assert set(data["ratios"]["onnx"]) == {"split_over_dense_twin", "split_over_monolithic", "split_over_eager_model",
                                            "cold_load_over_warm_expert_exec"}
     assert data["machine"]["threads_requested"] == 1 and data["machine"]["cpu"]
-    assert data["flops"]["active_per_image"] < data["flops"]["total_all_graphs"]
+    f = data["flops"]
+    assert f["active_per_image"] < f["total_all_graphs"]
+    assert f["params"]["total"] == count_params(model) == sum(f["params"]["per_graph"].values())
     md = (tmp_path / "README.md").read_text()
     assert "| onnx |" in md and "![latency](latency.png)" in md
     for png in ("latency.png", "stages.png", "expert_load.png", "memory.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bundles_from_another_model_are_refused(tiny_run, tmp_path):
-    from vmoe_export.bench import BenchSettings, run_benchmarks
+def test_bundles_from_another_model_are_refused(tiny_run):
+    from vmoe_export.bench.run import check_bundles_match
+
+    _, bundle, _ = tiny_run
+    with pytest.raises(ValueError, match="was not exported from"):
+        check_bundles_match({"onnx": bundle}, MobileVMoE(tiny_config(embed_dim=32)), "other.pt")
+
+
+@pytest.mark.slow
+def test_bench_cli_on_an_image_folder_model(tmp_path, image_folder):
+    """A model trained on an ImageFolder (not Fashion-MNIST) is benchmarked from the command line."""
+    import subprocess
+    import sys
+
     from vmoe_export.checkpoint import Checkpoint, save_checkpoint
 
-    _, bundle, images = tiny_run
-    other = tiny_config(embed_dim=32)
-    save_checkpoint(Checkpoint(other, MobileVMoE(other).state_dict(), [f"c{i}" for i in range(6)]), tmp_path / "o.pt")
-    with pytest.raises(ValueError, match="was not exported from"):
-        run_benchmarks({"onnx": bundle}, tmp_path / "o.pt", None, BenchSettings(warmup=1, runs=1, quick=True), images, False)
+    torch.manual_seed(0)
+    cfg = tiny_config(num_classes=3, num_experts=2)
+    save_checkpoint(Checkpoint(cfg, MobileVMoE(cfg).state_dict(), ["a", "b", "c"], [0, 1, 1],
+                               metrics={"dataset": image_folder.name}), tmp_path / "model.pt")
+    bench = Path(sys.executable).parent / "vmoe-bench"
+    args = [str(bench), "--checkpoint", str(tmp_path / "model.pt"), "--target", "onnx", "--quick", "--quiet",
+            "--bundles", str(tmp_path / "b"), "--out", str(tmp_path / "r"), "--images", "4"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "pass --data-dir" in r.stderr  # no hidden Fashion-MNIST fallback
+    r = subprocess.run(args + ["--data-dir", str(image_folder)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "onnx: split" in r.stdout
+    report = json.loads((tmp_path / "r" / "bench.json").read_text())
+    assert report["model"]["config"]["num_classes"] == 3 and report["settings"]["quick"]
 
 
 def _load_script(name):

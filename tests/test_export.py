@@ -15,7 +15,7 @@ from vmoe_export.bundle import BundleError, read_manifest
 from vmoe_export.checkpoint import load_checkpoint
 from vmoe_export.data import preprocess
 from vmoe_export.export import ExportOptions, export_bundle
-from vmoe_export.model import MobileVMoE
+from vmoe_export.model import MobileVMoE, count_params
 from vmoe_export.parity import ParityBounds, ParityError
 from vmoe_export.runtime import BundleRuntime, ExpertCache, select_experts
 from vmoe_export.split import run_split, split_model
@@ -28,15 +28,34 @@ def test_composed_split_equals_pytorch(k):
     images = torch.randn(16, 1, 8, 8)
     with torch.no_grad():
         logits, router_logits = model(images)
-    out = run_split(split_model(model), images, k)
-    torch.testing.assert_close(out["router_logits"], router_logits)
-    torch.testing.assert_close(out["logits"], logits, atol=1e-5, rtol=1e-5)
+    traces = []
+    out = run_split(split_model(model), model.schedule, images, traces)
+    torch.testing.assert_close(torch.cat([t["router_logits"] for t in traces]), router_logits)
+    torch.testing.assert_close(out, logits, atol=1e-5, rtol=1e-5)
 
 
 def test_split_has_one_graph_per_expert_and_layer():
     names = [g.name for g in split_model(MobileVMoE(tiny_config()))]
     assert names == ["trunk", "router", "moe0_attn", "moe0_e0", "moe0_e1", "moe0_e2",
                      "moe1_attn", "moe1_e0", "moe1_e1", "moe1_e2", "head"]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_graph_params_are_each_graphs_own_and_sum_to_the_model(k):
+    from vmoe_export.model import active_params, count_params, graph_params
+
+    cfg = tiny_config(top_k=k)
+    model = MobileVMoE(cfg)
+    per_graph = graph_params(model)
+    assert sum(per_graph.values()) == count_params(model)
+    D, H = cfg.embed_dim, cfg.mlp_hidden
+    assert per_graph["moe0_e1"] == D * H + H + H * D + D  # one expert MLP, nothing else
+    assert per_graph["router"] == 2 * D + D * cfg.num_experts + cfg.num_experts
+    assert per_graph["head"] == 2 * D + D * cfg.num_classes + cfg.num_classes
+    dense = MobileVMoE(cfg.dense_twin())
+    # Active = dense twin + router + the k-1 extra experts per MoE layer (each has the dense MLP's shape).
+    extra = (k - 1) * cfg.moe_layers * per_graph["moe0_e1"]
+    assert active_params(model) == count_params(dense) + per_graph["router"] + extra
 
 
 def test_dense_model_cannot_be_split():
@@ -153,6 +172,22 @@ def test_missing_expert_in_manifest_is_refused(tiny_onnx_bundle, tmp_path):
         read_manifest(bundle)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda m: m["model"].update(top_k=2),  # two experts would run and be mixed on a k=1 bundle
+    lambda m: m["model"].update(moe_layers=1),
+    lambda m: m["schedule"]["steps"].pop(3),  # drop an MoE layer from the schedule
+    lambda m: m["schedule"]["steps"][2].update(k=2),
+    lambda m: m["schedule"]["steps"][3]["experts"].reverse(),  # expert ids no longer name their graphs
+])
+def test_schedule_that_disagrees_with_the_model_is_refused(tiny_onnx_bundle, tmp_path, edit):
+    bundle = _copy(tiny_onnx_bundle[0], tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="schedule does not match its model"):
+        BundleRuntime(bundle)
+
+
 def test_wrong_input_shape_is_refused(tiny_onnx_bundle):
     rt = BundleRuntime(tiny_onnx_bundle[0])
     with pytest.raises(ValueError, match=r"expects \(1, 1, 8, 8\)"):
@@ -200,6 +235,7 @@ def test_backend_bundle_end_to_end(target, shipped_bundle):
     manifest = read_manifest(path)
     assert manifest["target"] == target and manifest["parity"] == report
     assert len(manifest["graphs"]) == 3 + ckpt.config.moe_layers * (1 + ckpt.config.num_experts)
+    assert manifest["model"]["params_total"] == count_params(ckpt.build_model())
     if target == "coreml" and platform.system() != "Darwin":
         assert report["status"] == "skipped" and "macOS" in report["reason"]
         assert report["spec_verified_graphs"] == len(manifest["graphs"])
@@ -232,34 +268,31 @@ def test_coreml_compression_shrinks_the_bundle(tmp_path):
     cfg = load_config("fmnist-tiny")
     ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(10)], [0, 1, 0, 1, 0, 2, 0, 2, 3, 2])
     images, labels = torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64)
+    from vmoe_export.backends.coreml import CoreMLOptions
+
     sizes = {}
     for mode in ("none", "palettize4"):
-        path, _ = export_bundle(ckpt, "coreml", tmp_path / mode, images, labels,
-                                ExportOptions(coreml_compress=mode, progress=False, golden_images=0), log=lambda s: None)
+        options = ExportOptions(progress=False, golden_images=0, backend_options={"coreml": CoreMLOptions(compress=mode)})
+        path, _ = export_bundle(ckpt, "coreml", tmp_path / mode, images, labels, options, log=lambda s: None)
         sizes[mode] = sum(g["size_bytes"] for g in read_manifest(path)["graphs"].values())
     assert sizes["palettize4"] < 0.5 * sizes["none"]
 
 
 def test_byte_budget_must_hold_top_k_largest_experts(tiny_onnx_bundle):
-    from vmoe_export.bundle import expert_bytes
-
     path, _ = tiny_onnx_bundle
-    manifest = read_manifest(path)
-    largest = max(expert_bytes(manifest, e) for e in range(3))
+    largest = max(BundleRuntime(path).expert_bytes(e) for e in range(3))
     BundleRuntime(path, max_bytes=largest)  # k=1: the largest expert alone must fit
     with pytest.raises(ValueError, match="cannot hold 1 experts"):
         BundleRuntime(path, max_bytes=largest - 1)
 
 
 def test_min_byte_budget_sums_the_k_largest_experts():
-    from vmoe_export.runtime import min_byte_budget
+    from vmoe_export.schedule import Schedule, expert_graph
 
     sizes = {(0, 0): 10, (1, 0): 5, (0, 1): 30, (1, 1): 1, (0, 2): 20, (1, 2): 2}  # (layer, expert) -> bytes
-    manifest = {"model": {"num_experts": 3, "moe_layers": 2, "top_k": 2},
-                "graphs": {f"moe{l}_e{e}": {"size_bytes": b} for (l, e), b in sizes.items()}}
-    assert min_byte_budget(manifest) == 31 + 22  # experts 1 and 2
-    manifest["model"]["top_k"] = 1
-    assert min_byte_budget(manifest) == 31
+    per_graph = {expert_graph(l, e): b for (l, e), b in sizes.items()}
+    assert Schedule.per_layer(3, 2, 2).routed_experts_max(per_graph) == 31 + 22  # experts 1 and 2
+    assert Schedule.per_layer(3, 2, 1).routed_experts_max(per_graph) == 31
 
 
 def test_predict_command_on_image_files(tiny_onnx_bundle, tmp_path, capsys):

@@ -39,7 +39,8 @@ def test_pipeline_reports_metrics_and_is_reproducible(tmp_path):
     assert len(m1["superclasses"]) == 3
     a, b = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)  # seeded: bit-identical
-    assert (tmp_path / "a" / "card.md").read_text().count("top-1") >= 1
+    card = (tmp_path / "a" / "card.md").read_text()
+    assert f"| {100 * m1['moe']['top1']:.2f}% |" in card and f"| {100 * m1['dense']['top1']:.2f}% |" in card
     assert not (tmp_path / "a" / ".state").exists()
     ck = load_checkpoint(tmp_path / "a" / "model.pt")
     assert ck.superclass_of is not None and ck.train_state is None
@@ -56,6 +57,20 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, stage):
     run_training(tiny_config(), ds, CFG, tmp_path / "resumed")
     a, b = _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_decay_skips_biases_norms_and_position_embedding():
+    from vmoe_export.model import MobileVMoE
+    from vmoe_export.train import param_groups
+
+    model = MobileVMoE(tiny_config())
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "pos_embed" not in decayed and "patch_embed.proj.weight" in decayed and "head.weight" in decayed
+    assert not [n for n in decayed if n.endswith(".bias") or ".norm" in n or n.startswith("norm")]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
 def test_resume_refuses_a_different_config(tmp_path):

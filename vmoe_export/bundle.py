@@ -10,8 +10,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from .schedule import Schedule, ScheduleError
+
 SCHEMA = "vmoe-export/bundle"
-SCHEMA_VERSION = 1
+# 2: the schedule is stored as data (schedule.steps) and runtimes execute it; 1 had prose steps.
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -66,10 +69,24 @@ def read_manifest(bundle_dir: Path) -> dict:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise BundleError(f"{path} is not a vmoe-export manifest (schema is not '{SCHEMA}')")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path} has schema_version {manifest.get('schema_version')}; this vmoe-export reads {SCHEMA_VERSION}")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        if isinstance(version, int) and version < SCHEMA_VERSION:
+            raise BundleError(f"{path} was written by an older vmoe-export (schema_version {version}); this version reads "
+                              f"{SCHEMA_VERSION}: re-export the bundle with vmoe-export --target {manifest.get('target', 'TARGET')}")
+        raise BundleError(f"{path} has schema_version {version!r}; this vmoe-export reads {SCHEMA_VERSION}: upgrade vmoe-export")
     validate_manifest(manifest, bundle_dir)
     return manifest
+
+
+def manifest_schedule(manifest: dict) -> Schedule:
+    """The schedule a bundle runs: parsed from the manifest's steps."""
+    try:
+        return Schedule.from_json(manifest["schedule"]["steps"])
+    except (KeyError, TypeError):
+        raise BundleError("manifest has no schedule.steps") from None
+    except ScheduleError as e:
+        raise BundleError(f"manifest schedule: {e}") from None
 
 
 def validate_manifest(manifest: dict, bundle_dir: Path) -> None:
@@ -80,14 +97,19 @@ def validate_manifest(manifest: dict, bundle_dir: Path) -> None:
         E, L, k = model["num_experts"], model["moe_layers"], model["top_k"]
     except (KeyError, TypeError) as e:
         raise BundleError(f"manifest is missing {e}") from None
-    required = ["trunk", "router", "head"] + [f"moe{layer}_attn" for layer in range(L)]
-    required += [f"moe{layer}_e{e}" for layer in range(L) for e in range(E)]
-    missing = [name for name in required if name not in graphs]
-    if missing:
-        raise BundleError(f"manifest lacks graphs {', '.join(missing)} (E={E}, L={L})")
+    if not isinstance(graphs, dict):
+        raise BundleError("manifest graphs is not an object")
     if not 1 <= k <= E:
         raise BundleError(f"manifest top_k {k} is not between 1 and num_experts {E}")
+    schedule = manifest_schedule(manifest)
+    if schedule != Schedule.per_layer(E, L, k):
+        raise BundleError(f"manifest schedule does not match its model (E={E}, L={L}, k={k}); re-export the bundle")
+    missing = [g.name for g in schedule.graphs() if g.name not in graphs]
+    if missing:
+        raise BundleError(f"manifest lacks graphs {', '.join(missing)} (E={E}, L={L})")
     for name, entry in graphs.items():
+        if not isinstance(entry, dict):
+            raise BundleError(f"graph {name} in the manifest is not an object")
         safe_join(bundle_dir, entry.get("path"))
         if not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64:
             raise BundleError(f"graph {name} has no valid sha256 in the manifest")
@@ -110,9 +132,5 @@ def artifact_path(bundle_dir: Path, manifest: dict, graph: str) -> Path:
     return path
 
 
-def expert_graphs(manifest: dict, expert: int) -> list[str]:
-    return [f"moe{layer}_e{expert}" for layer in range(manifest["model"]["moe_layers"])]
-
-
-def expert_bytes(manifest: dict, expert: int) -> int:
-    return sum(manifest["graphs"][g]["size_bytes"] for g in expert_graphs(manifest, expert))
+def graph_sizes(manifest: dict) -> dict[str, int]:
+    return {name: entry["size_bytes"] for name, entry in manifest["graphs"].items()}

@@ -31,7 +31,7 @@ class Checkpoint:
     class_names: list[str]
     superclass_of: list[int] | None = None  # super-class id per class; None for a dense model
     metrics: dict = field(default_factory=dict)
-    train_state: dict | None = None  # optimizer, epoch, rng: only in resumable run checkpoints
+    train_state: dict | None = None  # optimizer, epoch, train options: only in resumable run checkpoints (RNG streams are re-derived from seed and epoch)
 
     def build_model(self) -> MobileVMoE:
         model = MobileVMoE(self.config)

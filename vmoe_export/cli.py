@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from .model import MODELS_DIR, list_configs
-
-DEFAULT_CONFIG = "fmnist-tiny"
-DEFAULT_CHECKPOINT = MODELS_DIR / DEFAULT_CONFIG / "model.pt"
-
-
-def _quiet_converters() -> None:
-    """Hide the converters' Python-side chatter (deprecations, optional kernels they could not load) so our
-    progress and errors stay readable. VMOE_VERBOSE=1 shows it all. Logs printed by native code (TF's oneDNN
-    notice, ExecuTorch's cpuinfo probe) bypass Python and still appear."""
-    if os.environ.get("VMOE_VERBOSE"):
-        return
-    import logging
-    import warnings
-
-    for category in (FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
-    for name in ("torchao", "torch.onnx", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _fail(prog: str, msg: str) -> int:
-    print(f"{prog}: error: {msg}", file=sys.stderr)
-    return 2
-
-
-def _user_errors():
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
-    return (DataError, CheckpointError, ValueError, FileNotFoundError, FileExistsError)
+from .clitools import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, add_data_dir_argument, fail, quiet_converters, user_errors
+from .model import list_configs
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -78,7 +48,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
-    _quiet_converters()
+    quiet_converters()
     import torch
 
     from .data import load_dataset
@@ -88,11 +58,11 @@ def train_main(argv: list[str] | None = None) -> int:
     errors = [n for n, v in (("--dense-epochs", args.dense_epochs), ("--moe-epochs", args.moe_epochs),
                              ("--batch-size", args.batch_size)) if v < 1]
     if errors:
-        return _fail("vmoe-train", f"{', '.join(errors)} must be at least 1")
+        return fail("vmoe-train", f"{', '.join(errors)} must be at least 1")
     if not 0 < args.holdout_fraction < 1:
-        return _fail("vmoe-train", "--holdout-fraction must be between 0 and 1")
+        return fail("vmoe-train", "--holdout-fraction must be between 0 and 1")
     if args.router_weight < 0 or args.lr <= 0:
-        return _fail("vmoe-train", "--router-weight must be >= 0 and --lr > 0")
+        return fail("vmoe-train", "--router-weight must be >= 0 and --lr > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -110,15 +80,15 @@ def train_main(argv: list[str] | None = None) -> int:
         init_distributed()
         command = shlex.join(["vmoe-train", *(sys.argv[1:] if argv is None else argv)])
         run_training(model_cfg, dataset, cfg, out, command=command)
-    except _user_errors() as e:
-        return _fail("vmoe-train", str(e))
+    except user_errors() as e:
+        return fail("vmoe-train", str(e))
     except KeyboardInterrupt:
-        return _fail("vmoe-train", "interrupted; rerun the same command to resume from the last finished epoch")
+        return fail("vmoe-train", "interrupted; rerun the same command to resume from the last finished epoch")
     return 0
 
 
 def export_parser() -> argparse.ArgumentParser:
-    from .backends import TARGETS
+    from .backends import TARGETS, all_backends
     from .export import ExportOptions
     from .parity import ParityBounds
 
@@ -134,29 +104,17 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help=f"MoE checkpoint from vmoe-train (default: the shipped {DEFAULT_CHECKPOINT})")
     p.add_argument("--output", type=Path, default=Path("bundles"), help="output directory; each target goes to OUTPUT/<target>/ (default bundles)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="ImageFolder dataset whose test/ split is used for parity (default: Fashion-MNIST test set)")
+    add_data_dir_argument(p, "parity and golden vectors")
     p.add_argument("--parity-images", type=int, default=o.parity_images, help=f"test images for the parity report (default {o.parity_images}, min 1)")
     p.add_argument("--max-logit-diff", type=float, default=b.max_logit_diff, help=f"parity bound on logits max abs diff (default {b.max_logit_diff})")
     p.add_argument("--min-top1-agreement", type=float, default=b.min_top1_agreement, help=f"parity bound on top-1 agreement (default {b.min_top1_agreement})")
     p.add_argument("--min-routing-agreement", type=float, default=b.min_routing_agreement, help=f"parity bound on routing agreement (default {b.min_routing_agreement})")
-    p.add_argument("--coreml-compress", default="none", choices=["none", "int8", "palettize4"],
-                   help="CoreML weight compression with ct.optimize.coreml: int8 linear or 4-bit k-means palettization (default none)")
-    p.add_argument("--coreml-fp16", action="store_true", help="CoreML compute precision fp16 (default fp32)")
+    for backend in all_backends():
+        if backend.add_arguments:
+            backend.add_arguments(p.add_argument_group(f"{backend.name} options"))
     p.add_argument("--golden-images", type=int, default=o.golden_images, help=f"test images written as golden vectors for the apps (default {o.golden_images})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-def _test_split(ckpt, data_dir: Path | None):
-    from .data import DataError, load_fashion_mnist, load_image_folder
-
-    cfg = ckpt.config
-    if data_dir is not None:
-        return load_image_folder(data_dir, cfg.image_size, cfg.in_chans).test
-    if ckpt.metrics.get("dataset", "fashion-mnist") != "fashion-mnist":
-        raise DataError(f"checkpoint was trained on {ckpt.metrics.get('dataset')}: pass --data-dir with its test images for parity")
-    return load_fashion_mnist().test
 
 
 def export_main(argv: list[str] | None = None) -> int:
@@ -164,28 +122,29 @@ def export_main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         return predict_main(argv[1:], prog="vmoe-export run")
     args = export_parser().parse_args(argv)
-    _quiet_converters()
+    quiet_converters()
     if args.parity_images < 1:
-        return _fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
-    from .backends import TARGETS, BackendUnavailable, get_backend
-    from .bundle import BundleError, read_manifest
+        return fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
+    from .backends import TARGETS, get_backend
+    from .bundle import read_manifest
     from .checkpoint import load_checkpoint
+    from .data import eval_split
     from .export import ExportOptions, export_bundle
     from .parity import ParityBounds, ParityError
 
     targets = list(TARGETS) if args.target == "all" else [args.target]
     try:
-        for t in targets:  # fail before any work when a backend package is missing
-            get_backend(t)
+        backends = [get_backend(t) for t in targets]  # fail before any work when a backend package is missing
         ckpt = load_checkpoint(args.checkpoint)
-        if not ckpt.config.is_moe:
+        cfg = ckpt.config
+        if not cfg.is_moe:
             raise ValueError(f"{args.checkpoint} is a dense model: export an MoE checkpoint (model.pt from vmoe-train)")
-        test = _test_split(ckpt, args.data_dir)
+        test = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
         options = ExportOptions(
             parity_images=args.parity_images,
             bounds=ParityBounds(args.max_logit_diff, args.min_top1_agreement, args.min_routing_agreement),
-            coreml_compress=args.coreml_compress, coreml_fp16=args.coreml_fp16,
             golden_images=args.golden_images, progress=not args.quiet,
+            backend_options={b.name: b.options_from_args(args) for b in backends if b.options_from_args},
         )
         failed = []
         for t in targets:
@@ -197,15 +156,17 @@ def export_main(argv: list[str] | None = None) -> int:
             except ParityError as e:
                 failed.append(str(e))
         if failed:
-            return _fail("vmoe-export", "\n".join(failed))
-    except (*_user_errors(), BundleError, BackendUnavailable) as e:
-        return _fail("vmoe-export", str(e))
+            return fail("vmoe-export", "\n".join(failed))
+    except user_errors() as e:
+        return fail("vmoe-export", str(e))
     except KeyboardInterrupt:
-        return _fail("vmoe-export", "interrupted; no partial bundle was published")
+        return fail("vmoe-export", "interrupted; no partial bundle was published")
     return 0
 
 
 def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
+    from .backends import MAX_THREADS
+
     p = argparse.ArgumentParser(
         prog=prog,
         description="Classify images with an exported bundle through its backend's runtime: trunk, router, then only "
@@ -216,22 +177,22 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory written by vmoe-export (e.g. bundles/onnx)")
     p.add_argument("--max-experts", type=int, default=None, help="keep at most this many experts loaded (LRU); default unbounded")
     p.add_argument("--max-bytes", type=int, default=None, help="keep loaded experts under this many artifact bytes (LRU)")
-    p.add_argument("--threads", type=int, default=0, help="runtime threads where the backend takes a count (default: its choice)")
+    p.add_argument("--threads", type=int, default=0,
+                   help=f"runtime threads, 1 to {MAX_THREADS} (default 0: the runtime's own choice)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     return p
 
 
 def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> int:
     args = predict_parser(prog).parse_args(argv)
-    _quiet_converters()
+    quiet_converters()
     import json
 
-    from .backends import BackendUnavailable
-    from .bundle import BundleError
+    from .backends import RunOptions
     from .runtime import BundleRuntime, preprocess_image
 
     try:
-        rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, args.threads)
+        rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, RunOptions(threads=args.threads))
         m = rt.manifest
         for path in args.images:
             pred = rt.predict(preprocess_image(path, m))
@@ -244,13 +205,6 @@ def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> i
                 stages = " ".join(f"{k}={v:.2f}" for k, v in pred.timings_ms.items())
                 routed = "; ".join(f"expert {e} (gate {g:.2f}: {s})" for e, g, s in zip(pred.experts, pred.gates, sc))
                 print(f"{path}: {name} | routed to {routed} | ms: {stages}")
-    except (*_user_errors(), BundleError, BackendUnavailable) as e:
-        return _fail(prog, str(e))
+    except user_errors() as e:
+        return fail(prog, str(e))
     return 0
-
-
-def bench_main(argv: list[str] | None = None) -> int:
-    _quiet_converters()
-    from .bench import main
-
-    return main(argv)

@@ -123,12 +123,14 @@ def _read_folder(root: Path, class_names: tuple[str, ...], image_size: int, in_c
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
 
 
-def load_image_folder(root: Path, image_size: int, in_chans: int) -> Dataset:
+def load_image_folder(root: Path, image_size: int, in_chans: int, train: bool = True) -> Dataset:
     """ROOT/train/<class>/*.png and ROOT/test/<class>/*.png (or val/), classes sorted by name.
+    With train=False only the test split is read (the train split is left empty).
 
     Images are decoded once into memory at the model's resolution; this suits the small
     mobile-sized inputs this toolkit targets (ImageNet at 224px needs a streaming loader).
     """
+    root = Path(root)
     train_dir = root / "train"
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
@@ -142,22 +144,35 @@ def load_image_folder(root: Path, image_size: int, in_chans: int) -> Dataset:
     test_classes = tuple(sorted(p.name for p in test_dir.iterdir() if p.is_dir()))
     if test_classes != class_names:
         raise DataError(f"class directories differ between {train_dir} and {test_dir}")
-    return Dataset(
-        root.name, class_names,
-        _read_folder(train_dir, class_names, image_size, in_chans),
-        _read_folder(test_dir, class_names, image_size, in_chans),
-    )
+    test = _read_folder(test_dir, class_names, image_size, in_chans)
+    empty = Split(torch.zeros((0, *test.images.shape[1:]), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+    return Dataset(root.name, class_names, _read_folder(train_dir, class_names, image_size, in_chans) if train else empty, test)
 
 
 def load_dataset(data_dir: Path | None, image_size: int, in_chans: int) -> Dataset:
     ds = load_fashion_mnist() if data_dir is None else load_image_folder(Path(data_dir), image_size, in_chans)
-    _, c, h, w = ds.train.images.shape
+    return _check_shape(ds, image_size, in_chans)
+
+
+def _check_shape(ds: Dataset, image_size: int, in_chans: int) -> Dataset:
+    _, c, h, w = ds.test.images.shape
     if (c, h, w) != (in_chans, image_size, image_size):
         raise DataError(
             f"dataset {ds.name} has images {c}x{h}x{w} but the model config expects "
             f"{in_chans}x{image_size}x{image_size}; pick a matching --config"
         )
     return ds
+
+
+def eval_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans: int) -> Split:
+    """Held-out test images for parity and benchmarks: the ImageFolder's test/ split when given, else
+    Fashion-MNIST's test set, which only fits a model trained on Fashion-MNIST."""
+    if data_dir is not None:
+        return _check_shape(load_image_folder(Path(data_dir), image_size, in_chans, train=False), image_size, in_chans).test
+    if trained_on != "fashion-mnist":
+        raise DataError(f"the checkpoint was trained on {trained_on}: pass --data-dir with its ImageFolder dataset "
+                        "(its test/ images are used)")
+    return _check_shape(load_fashion_mnist(), image_size, in_chans).test
 
 
 def holdout_split(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -13,21 +13,23 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from tqdm import tqdm
 
 from . import __version__
-from .backends import get_backend
-from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, safe_join, sha256_of, size_of
+from .backends import Backend, get_backend
+from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, size_of
 from .checkpoint import Checkpoint, atomic_write_bytes
 from .data import preprocess
 from .flops import count_flops
 from .model import count_params
-from .parity import ParityBounds, ParityError, check_bundle, format_report, reference_trace, reject_path
+from .parity import ParityBounds, ParityError, check_bundle, format_report, reference_traces, reject_path, verify_specs
 from .runtime import BundleRuntime
+from .schedule import Schedule, artifact_relpath, layer_output
 from .split import Graph, split_model
 
 
@@ -35,43 +37,32 @@ from .split import Graph, split_model
 class ExportOptions:
     parity_images: int = 500
     bounds: ParityBounds = field(default_factory=ParityBounds)
-    coreml_compress: str = "none"  # none | int8 | palettize4
-    coreml_fp16: bool = False
     golden_images: int = 4
     progress: bool = True
-
-    def backend_options(self) -> dict:
-        return {"coreml_compress": self.coreml_compress, "coreml_fp16": self.coreml_fp16}
-
-
-def artifact_relpath(graph: Graph, suffix: str) -> str:
-    if graph.role == "expert":
-        return f"experts/e{graph.expert}/moe{graph.layer}{suffix}"
-    return f"shared/{graph.name}{suffix}"
+    # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="int8")}); a target without
+    # an entry uses its backend's defaults.
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _tensor_spec(name: str, t: torch.Tensor) -> dict:
-    return {"name": name, "shape": list(t.shape), "dtype": "float32"}
-
-
-def build_manifest(ckpt: Checkpoint, target: str, graphs: list[Graph], entries: dict, versions: dict,
-                   options: ExportOptions) -> dict:
+def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: dict, backend: Backend,
+                   backend_options: Any, options: ExportOptions) -> dict:
     cfg = ckpt.config
     groups = [[ckpt.class_names[c] for c, sc in enumerate(ckpt.superclass_of or []) if sc == e]
               for e in range(cfg.num_experts)]
-    shared = [g.name for g in graphs if g.role != "expert"]
+    params = {name: e["params"] for name, e in entries.items()}
+    sizes = {name: e["size_bytes"] for name, e in entries.items()}
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "target": target,
-        "created_by": {"vmoe_export": __version__, **versions},
+        "created_by": {"vmoe_export": __version__, **backend.versions()},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "backend_options": asdict(backend_options),
         "model": {
             "name": cfg.name, "config": cfg.to_dict(), "num_experts": cfg.num_experts,
             "moe_layers": cfg.moe_layers, "top_k": cfg.top_k, "num_classes": cfg.num_classes,
-            "params_total": sum(e["params"] for e in entries.values()),
-            "params_active": sum(entries[n]["params"] for n in shared)
-            + cfg.top_k * sum(entries[f"moe{layer}_e0"]["params"] for layer in range(cfg.moe_layers)),
+            "params_total": int(schedule.total(params)),
+            "params_active": int(schedule.active(params)),
         },
         "preprocessing": {
             "image_size": cfg.image_size, "channels": cfg.in_chans,
@@ -83,64 +74,51 @@ def build_manifest(ckpt: Checkpoint, target: str, graphs: list[Graph], entries: 
         "class_names": list(ckpt.class_names),
         "superclass_of_class": ckpt.superclass_of,
         "experts": [
-            {"id": e, "superclass": groups[e], "graphs": [f"moe{layer}_e{e}" for layer in range(cfg.moe_layers)],
-             "size_bytes": sum(entries[f"moe{layer}_e{e}"]["size_bytes"] for layer in range(cfg.moe_layers))}
+            {"id": e, "superclass": groups[e], "graphs": schedule.expert_graphs(e),
+             "size_bytes": int(schedule.expert_total(sizes, e))}
             for e in range(cfg.num_experts)
         ],
-        "schedule": {
-            "steps": (["trunk: images -> tokens", "router: tokens -> router_logits",
-                       "select: probs = softmax(router_logits); experts = top_k(probs) (ties: lower id); "
-                       "gates = probs[experts] (not renormalised)"]
-                      + [f"moe{layer}_attn: tokens -> tokens_out, hidden; then tokens = tokens_out + "
-                         f"sum_j gates[j] * moe{layer}_e{{experts[j]}}(hidden)" for layer in range(cfg.moe_layers)]
-                      + ["head: tokens -> logits"]),
-            "shared_graphs": shared,
-            "expert_graph_pattern": "moe{layer}_e{expert}",
-            "batch_size": 1,
-        },
+        "schedule": {"kind": "per-layer", "batch_size": 1, "steps": schedule.to_json()},
         "graphs": entries,
         "golden": "golden/golden.json" if options.golden_images else None,
     }
 
 
-def write_golden(path: Path, model, ckpt: Checkpoint, images_u8: torch.Tensor, labels: torch.Tensor) -> None:
+def write_golden(path: Path, model, graphs: list[Graph], ckpt: Checkpoint, images_u8: torch.Tensor,
+                 labels: torch.Tensor) -> None:
     """A few test images with PyTorch's value at every stage: the apps' core tests check against these."""
     cfg = ckpt.config
+    schedule = model.schedule
     x = preprocess(images_u8, cfg.mean, cfg.std)
-    ref = reference_trace(model, x)
-    probs = torch.softmax(torch.from_numpy(ref["router_logits"]), -1)
+    refs = reference_traces(model, graphs, schedule, x)
     cases = []
-    for i in range(len(images_u8)):
-        experts = ref["experts"][i].tolist()
+    for i, ref in enumerate(refs):
         cases.append({
             "label": int(labels[i]),
             "pixels_u8": images_u8[i].flatten().tolist(),
             "input": [round(float(v), 7) for v in x[i].flatten()],
-            "router_logits": [float(v) for v in ref["router_logits"][i]],
-            "experts": experts,
-            "gates": [float(probs[i, e]) for e in experts],
-            "logits": [float(v) for v in ref["logits"][i]],
-            "predicted": int(ref["logits"][i].argmax()),
+            "router_logits": [float(v) for v in ref["router_logits"].reshape(-1)],
+            "experts": ref["experts"].tolist(),
+            "gates": [float(g) for g in ref["gates"]],
+            "logits": [float(v) for v in ref["logits"].reshape(-1)],
+            "predicted": int(ref["logits"].argmax()),
         })
     payload = {"shape": [1, cfg.in_chans, cfg.image_size, cfg.image_size], "tolerance": 1e-3, "cases": cases,
-               "combine": _combine_vector(model, x[:1])}
+               "combine": _combine_vector(graphs, schedule, refs[0])}
     _write_json(path, payload)
 
 
 @torch.no_grad()
-def _combine_vector(model, image: torch.Tensor) -> dict:
-    """First MoE layer of one image, stage by stage, so the apps can test their gate mixing."""
-    from .model import route
-
-    tokens = model.trunk(image)
-    gates, experts = route(model.router(tokens), model.cfg.top_k)
-    blk = model.moe_blocks[0]
-    attn_out, hidden = blk.attend(tokens)
-    outs = [blk.experts[int(e)](hidden) for e in experts[0]]
-    mixed = blk(tokens, gates, experts)
+def _combine_vector(graphs: list[Graph], schedule: Schedule, ref: dict) -> dict:
+    """The first MoE layer of one image, graph by graph, so the apps can test their gate mixing."""
+    by_name = {g.name: g for g in graphs}
+    layer = schedule.moe_layers[0]
+    attn_out, hidden = by_name[layer.attention].run(torch.from_numpy(ref["tokens"]))
+    outs = [by_name[layer.experts[e]].run(hidden)[0] for e in ref["experts"]]
     flat = lambda t: [float(v) for v in t.flatten()]  # noqa: E731
-    return {"layer": 0, "experts": experts[0].tolist(), "gates": flat(gates[0]), "attention_out": flat(attn_out),
-            "expert_outs": [flat(o) for o in outs], "expected": flat(mixed)}
+    return {"layer": layer.layer, "experts": ref["experts"].tolist(), "gates": [float(g) for g in ref["gates"]],
+            "attention_out": flat(attn_out), "expert_outs": [flat(o) for o in outs],
+            "expected": flat(torch.from_numpy(ref[layer_output(layer.layer)]))}
 
 
 def _write_json(path: Path, data) -> None:
@@ -152,7 +130,9 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
     """Export one target; returns (bundle dir, parity report). Raises ParityError on a parity failure."""
     options = options or ExportOptions()
     backend = get_backend(target)
+    backend_options = backend.make_options(options.backend_options.get(target))
     model = ckpt.build_model()
+    schedule = model.schedule
     graphs = split_model(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,28 +142,25 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
         t0 = time.time()
         entries = {}
         for g in tqdm(graphs, desc=f"export {target}", disable=not options.progress or None, leave=False):
-            rel = artifact_relpath(g, backend.suffix)
+            rel = artifact_relpath(g.spec, backend.suffix)
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend.export(g, path, options.backend_options())
-            example = tuple(g.inputs.values())
-            with torch.no_grad():
-                outs = g.run(*example)
+            backend.export(g, path, backend_options)
+            io = g.io()
             entries[g.name] = {
-                "path": rel, "role": g.role, "layer": g.layer, "expert": g.expert,
+                "path": rel, "role": g.role, "layer": g.spec.layer, "expert": g.spec.expert,
                 "sha256": sha256_of(path), "size_bytes": size_of(path),
-                "inputs": [_tensor_spec(n, t) for n, t in g.inputs.items()],
-                "outputs": [_tensor_spec(n, t) for n, t in zip(g.outputs, outs)],
-                "flops": count_flops(g.module, example), "params": count_params(g.module),
+                "inputs": [t.to_json() for t in io.inputs], "outputs": [t.to_json() for t in io.outputs],
+                "flops": count_flops(g.module, tuple(g.inputs.values())), "params": count_params(g.module),
             }
-        manifest = build_manifest(ckpt, target, graphs, entries, backend.versions(), options)
+        manifest = build_manifest(ckpt, target, schedule, entries, backend, backend_options, options)
         manifest["export_seconds"] = round(time.time() - t0, 2)
         if options.golden_images:
             n = options.golden_images
-            write_golden(tmp / "golden" / "golden.json", model, ckpt, test_images[:n], test_labels[:n])
+            write_golden(tmp / "golden" / "golden.json", model, graphs, ckpt, test_images[:n], test_labels[:n])
         _write_json(tmp / MANIFEST, manifest)
 
-        report = _parity(backend, tmp, manifest, model, ckpt, test_images, test_labels, options)
+        report = _parity(backend, tmp, manifest, model, graphs, ckpt, test_images, test_labels, options)
         manifest["parity"] = report
         _write_json(tmp / MANIFEST, manifest)
         log(format_report(target, report))
@@ -199,18 +176,14 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _parity(backend, bundle_dir: Path, manifest: dict, model, ckpt, images_u8, labels, options) -> dict:
+def _parity(backend, bundle_dir: Path, manifest: dict, model, graphs, ckpt, images_u8, labels, options) -> dict:
     reason = backend.runtime_unavailable()
     if reason:
-        # No runtime here: check every artifact's structure against the manifest instead.
-        for entry in manifest["graphs"].values():
-            if backend.check_artifact:
-                backend.check_artifact(safe_join(bundle_dir, entry["path"]), entry)
-        return {"status": "skipped", "reason": reason, "spec_verified_graphs": len(manifest["graphs"])}
+        return verify_specs(backend, bundle_dir, manifest, reason)
     n = min(options.parity_images, len(images_u8))
     x = preprocess(images_u8[:n], ckpt.config.mean, ckpt.config.std)
     runtime = BundleRuntime(bundle_dir)
-    return check_bundle(runtime, model, x, labels[:n], options.bounds, options.progress)
+    return check_bundle(runtime, model, graphs, x, labels[:n], options.bounds, options.progress)
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import schedule as sched
+
 # models/ sits beside the package in a source checkout (the README installs it editable);
 # VMOE_MODELS_DIR points a non-editable install at a copy of that folder.
 MODELS_DIR = Path(os.environ.get("VMOE_MODELS_DIR") or Path(__file__).resolve().parent.parent / "models")
@@ -210,7 +212,25 @@ def route(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return gates, experts
 
 
+class GraphView(nn.Module):
+    """One graph of the split: a method of the model run on a module that holds only the submodules
+    (and parameters) that method uses. Its parameters are exactly that graph's weights, and the code
+    is the model's own method, not a second copy of it."""
+
+    def __init__(self, method, **parts: nn.Module | nn.Parameter):
+        super().__init__()
+        for name, part in parts.items():
+            setattr(self, name, part)
+        self._method = method
+
+    def forward(self, *inputs: torch.Tensor):
+        return self._method(self, *inputs)
+
+
 class MobileVMoE(nn.Module):
+    """The model, and the split protocol (vmoe_export.split.SplittableModel): `schedule`,
+    `graph_module(spec)` and `tensor_shape(name)`."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -244,6 +264,40 @@ class MobileVMoE(nn.Module):
             x = blk(x, gates, experts)
         return self.classify(x), router_logits
 
+    # ---- the split protocol
+    @property
+    def schedule(self) -> sched.Schedule:
+        c = self.cfg
+        return sched.Schedule.per_layer(c.num_experts, c.moe_layers, c.top_k)
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        """Batch-1 shape of a tensor the schedule names."""
+        c = self.cfg
+        if name == sched.IMAGES:
+            return (1, c.in_chans, c.image_size, c.image_size)
+        if name in (sched.TOKENS, sched.TOKENS_OUT, sched.HIDDEN, sched.EXPERT_OUT):
+            return (1, c.num_patches, c.embed_dim)
+        if name == sched.ROUTER_LOGITS:
+            return (1, c.num_experts)
+        if name == sched.LOGITS:
+            return (1, c.num_classes)
+        raise KeyError(f"unknown tensor {name!r}")
+
+    def graph_module(self, spec: sched.GraphSpec) -> nn.Module:
+        """The module computing one graph of the schedule, holding only that graph's weights."""
+        if spec.role == "trunk":
+            return GraphView(MobileVMoE.trunk, patch_embed=self.patch_embed, pos_embed=self.pos_embed, blocks=self.blocks)
+        if spec.role == "router":
+            return self.router
+        if spec.role == "attention":
+            blk = self.moe_blocks[spec.layer]
+            return GraphView(MoEBlock.attend, norm1=blk.norm1, attn=blk.attn, norm2=blk.norm2)
+        if spec.role == "expert":
+            return self.moe_blocks[spec.layer].experts[spec.expert]
+        if spec.role == "head":
+            return GraphView(MobileVMoE.classify, norm=self.norm, head=self.head)
+        raise KeyError(f"unknown graph role {spec.role!r}")
+
 
 def _init_weights(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
@@ -258,10 +312,11 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def graph_params(model: MobileVMoE) -> dict[str, int]:
+    """Parameters of every graph of the model's schedule; they sum to count_params(model)."""
+    return {spec.name: count_params(model.graph_module(spec)) for spec in model.schedule.graphs()}
+
+
 def active_params(model: MobileVMoE) -> int:
-    """Parameters one image touches: everything but the experts it was not routed to."""
-    total = count_params(model)
-    if not model.cfg.is_moe:
-        return total
-    per_expert = sum(count_params(blk.experts[0]) for blk in model.moe_blocks)
-    return total - (model.cfg.num_experts - model.cfg.top_k) * per_expert
+    """Parameters one image touches: the shared graphs and k experts."""
+    return int(model.schedule.active(graph_params(model)))

@@ -1,8 +1,10 @@
 """Run a bundle through its backend's real runtime, loading only the experts images route to.
 
-trunk + router + shared attention + head are loaded up front; an expert (its L per-layer
-graphs) is loaded on first use and kept in an LRU cache bounded by a count and/or a byte
-budget (artifact bytes, the memory a device maps for them). The apps mirror this file.
+The runtime executes the schedule stored in the manifest (vmoe_export.schedule.execute), with
+the backend's runners as graphs: the shared graphs (trunk, router, attention, head) are loaded
+up front; an expert (its per-layer graphs) is loaded on first use and kept in an LRU cache
+bounded by a count and/or a byte budget (artifact bytes, the memory a device maps for them).
+The apps' cores mirror this file.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import get_backend
-from .bundle import BundleError, artifact_path, expert_bytes, expert_graphs, read_manifest
+from .backends import RunOptions, get_backend
+from .bundle import BundleError, artifact_path, graph_sizes, manifest_schedule, read_manifest
+from .schedule import Schedule, execute
+from .split import GraphIO
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -32,8 +36,7 @@ def select_experts(router_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 def min_byte_budget(manifest: dict) -> int:
     """Bytes the k largest experts take together: one image may be routed to exactly those."""
-    sizes = sorted((expert_bytes(manifest, e) for e in range(manifest["model"]["num_experts"])), reverse=True)
-    return sum(sizes[: manifest["model"]["top_k"]])
+    return int(manifest_schedule(manifest).routed_experts_max(graph_sizes(manifest)))
 
 
 @dataclass
@@ -103,37 +106,47 @@ class ExpertCache:
             self.evictions += 1
 
 
+# Per-stage timing keys: the schedule's graph roles, plus the expert loads.
+STAGE_OF_ROLE = {"trunk": "trunk", "router": "router", "attention": "attention", "expert": "experts", "head": "head"}
+
+
 class BundleRuntime:
+    """Executes the schedule stored in a bundle's manifest through the backend's runtime."""
+
     def __init__(self, bundle_dir: Path, max_experts: int | None = None, max_bytes: int | None = None,
-                 threads: int = 0):
+                 run: RunOptions = RunOptions()):
         self.dir = Path(bundle_dir)
         self.manifest = read_manifest(self.dir)
         self.target = self.manifest["target"]
         self.backend = get_backend(self.target)
-        model = self.manifest["model"]
-        self.top_k, self.num_experts, self.moe_layers = model["top_k"], model["num_experts"], model["moe_layers"]
+        self.run_options = run
+        self.schedule: Schedule = manifest_schedule(self.manifest)
+        self.top_k, self.num_experts = self.schedule.top_k, self.schedule.num_experts
         if max_experts is not None and max_experts < self.top_k:
             raise ValueError(f"expert budget {max_experts} is below top_k={self.top_k}: one image needs {self.top_k} experts resident")
         if max_bytes is not None:
             need = min_byte_budget(self.manifest)
             if max_bytes < need:
                 raise ValueError(f"byte budget {max_bytes} cannot hold {self.top_k} experts ({need} bytes needed)")
-        self.threads = threads
-        shared = ["trunk", "router"] + [f"moe{layer}_attn" for layer in range(self.moe_layers)] + ["head"]
+        self._stage = {g.name: STAGE_OF_ROLE[g.role] for g in self.schedule.graphs()}
+        self._expert_of = {g.name: g.expert for g in self.schedule.graphs() if g.role == "expert"}
+        sizes = graph_sizes(self.manifest)
         t0 = time.perf_counter()
-        self.graphs = {name: self._load_graph(name) for name in shared}
+        self.graphs = {name: self._load_graph(name) for name in self.schedule.shared_graphs}
         self.shared_load_ms = (time.perf_counter() - t0) * 1e3
         self.experts = ExpertCache(
-            lambda e: {g: self._load_graph(g) for g in expert_graphs(self.manifest, e)},
-            lambda e: expert_bytes(self.manifest, e), max_experts, max_bytes,
+            lambda e: {g: self._load_graph(g) for g in self.schedule.expert_graphs(e)},
+            lambda e: self.schedule.expert_total(sizes, e), max_experts, max_bytes,
         )
-        trunk_in = self.manifest["graphs"]["trunk"]["inputs"][0]
-        self.input_shape = tuple(trunk_in["shape"])
+        first = self.schedule.graphs()[0].name  # the graph that reads the image
+        self.input_shape = tuple(self.manifest["graphs"][first]["inputs"][0]["shape"])
 
     def _load_graph(self, name: str):
         path = artifact_path(self.dir, self.manifest, name)  # checks containment and sha256
-        entry = dict(self.manifest["graphs"][name], threads=self.threads)
-        return self.backend.load(path, entry)
+        return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options)
+
+    def expert_bytes(self, expert: int) -> int:
+        return int(self.schedule.expert_total(graph_sizes(self.manifest), expert))
 
     def predict(self, image: np.ndarray, trace: bool = False) -> Prediction:
         """Classify one preprocessed image (float32, the trunk's input shape, e.g. 1x1x28x28)."""
@@ -141,43 +154,38 @@ class BundleRuntime:
         if image.shape != self.input_shape:
             raise ValueError(f"input has shape {tuple(image.shape)}, the bundle expects {self.input_shape} "
                              "(preprocess with the manifest's preprocessing block)")
-        t = {}
         clock = time.perf_counter
-        t0 = clock()
-        (tokens,) = self.graphs["trunk"]([image])
-        t1 = clock()
-        (router_logits,) = self.graphs["router"]([tokens])
-        experts, gates = select_experts(router_logits, self.top_k)
-        t2 = clock()
-        t["trunk"], t["router"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-        t["attention"] = t["experts"] = t["expert_load"] = 0.0
-        traced = {"tokens": tokens, "router_logits": router_logits} if trace else {}
-        pinned = {int(e) for e in experts}
-        loaded = [self.experts.get(int(e), pinned) for e in experts]
-        t["expert_load"] = sum(ms for _, ms in loaded)
-        x = tokens
-        for layer in range(self.moe_layers):
-            a = clock()
-            x, hidden = self.graphs[f"moe{layer}_attn"]([x])
-            b = clock()
-            mixed = x.copy()
-            for (graphs, _), e, gate in zip(loaded, experts, gates, strict=True):
-                (y,) = graphs[f"moe{layer}_e{int(e)}"]([hidden])
-                mixed += gate * y
-            x = mixed
-            c = clock()
-            t["attention"] += (b - a) * 1e3
-            t["experts"] += (c - b) * 1e3
-            if trace:
-                traced[f"moe{layer}_out"] = x
-        a = clock()
-        (logits,) = self.graphs["head"]([x])
-        t["head"] = (clock() - a) * 1e3
-        t["total"] = (clock() - t0) * 1e3
-        if trace:
-            traced["logits"] = logits
-        return Prediction(logits.reshape(-1), router_logits.reshape(-1), [int(e) for e in experts],
-                          [float(g) for g in gates], t, traced)
+        t = dict.fromkeys(["trunk", "router", "expert_load", "attention", "experts", "head"], 0.0)
+        routed: dict = {}
+
+        def run(name: str, *inputs: np.ndarray):
+            runner = self.graphs[name] if name in self.graphs else routed["graphs"][self._expert_of[name]][name]
+            t0 = clock()
+            out = runner(list(inputs))
+            t[self._stage[name]] += (clock() - t0) * 1e3
+            return out
+
+        def select(router_logits: np.ndarray):
+            t0 = clock()
+            experts, gates = select_experts(router_logits, self.top_k)
+            t1 = clock()
+            pinned = {int(e) for e in experts}
+            # Load every routed expert before the first MoE layer needs it, pinned against eviction.
+            routed.update(router_logits=router_logits, experts=experts, gates=gates,
+                          graphs={e: self.experts.get(e, pinned)[0] for e in pinned})
+            t["router"] += (t1 - t0) * 1e3
+            t["expert_load"] += (clock() - t1) * 1e3
+            return experts, gates
+
+        traced: dict | None = {} if trace else None
+        start = clock()
+        logits = execute(self.schedule, run, select, image, traced)
+        t["total"] = (clock() - start) * 1e3
+        if traced is not None:
+            traced.pop("experts", None)
+            traced.pop("gates", None)
+        return Prediction(np.asarray(logits).reshape(-1), np.asarray(routed["router_logits"]).reshape(-1),
+                          [int(e) for e in routed["experts"]], [float(g) for g in routed["gates"]], t, traced or {})
 
 
 def preprocess_image(path: Path, manifest: dict) -> np.ndarray:

@@ -1,136 +1,143 @@
-"""Split a trained Mobile V-MoE into separately exportable graphs, and compose them back.
+"""Split a model into separately exportable graphs, and compose them back with the schedule.
 
-Design (one schedule for every k):
-
-    trunk        images            -> tokens          patch embed + pos embed + dense blocks
-    router       tokens            -> router_logits   mean pool, LayerNorm, Linear
-    moe{l}_attn  tokens            -> tokens, hidden  shared attention of MoE layer l (+ norm2)
-    moe{l}_e{e}  hidden            -> expert_out      expert e's MLP in MoE layer l
-    head         tokens            -> logits          final norm, mean pool, classifier
-
-and per MoE layer l the runtime does  tokens = tokens + sum_j gate_j * moe{l}_e{expert_j}(hidden).
+What a model must provide to be split (`SplittableModel`, in the spirit of timm's
+forward_features / forward_head): a `schedule` (vmoe_export.schedule), a `graph_module(spec)`
+returning the nn.Module that computes one graph of it and holds only that graph's weights, and
+`tensor_shape(name)` for the batch-1 shape of every tensor the schedule names. MobileVMoE
+implements it; a second model family plugs in by implementing the same three members, and
+split, export, parity and the runtime need no change.
 
 Why per-layer expert graphs rather than one graph per expert covering all L layers: for
 k >= 2 the gate-weighted mix happens inside every MoE layer, so layer l+1 needs the mixed
 output of layer l; a fused per-expert graph is exact only for k=1. Per-layer graphs give one
 exact schedule for every k, keep the shared attention stored once instead of once per
-expert, and an expert is still loaded as a unit: the L graphs `moe*_e{e}`. The cost is L
-more (tiny) graph calls per image, which the benchmarks measure.
+expert, and an expert is still loaded as a unit (schedule.expert_graphs(e)). The cost is L
+more (small) graph calls per image, which the benchmarks measure.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from .model import MobileVMoE, MoEBlock, Mlp, route
+from .model import route
+from .schedule import GraphSpec, Schedule, execute
 
 
-class Trunk(nn.Module):
-    def __init__(self, model: MobileVMoE):
-        super().__init__()
-        self.model = model
+class SplittableModel(Protocol):
+    @property
+    def schedule(self) -> Schedule: ...
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.trunk(images)
+    def graph_module(self, spec: GraphSpec) -> nn.Module: ...
 
-
-class RouterGraph(nn.Module):
-    def __init__(self, model: MobileVMoE):
-        super().__init__()
-        self.router = model.router
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.router(tokens)
+    def tensor_shape(self, name: str) -> tuple[int, ...]: ...
 
 
-class SharedAttention(nn.Module):
-    def __init__(self, block: MoEBlock):
-        super().__init__()
-        self.block = block
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.block.attend(tokens)
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
-
-class ExpertMlp(nn.Module):
-    def __init__(self, mlp: Mlp):
-        super().__init__()
-        self.mlp = mlp
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.mlp(hidden)
+    @classmethod
+    def from_json(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], tuple(d["shape"]), d.get("dtype", "float32"))
 
 
-class Head(nn.Module):
-    def __init__(self, model: MobileVMoE):
-        super().__init__()
-        self.model = model
+@dataclass(frozen=True)
+class GraphIO:
+    """A graph's inputs and outputs in order: what a backend needs to load and run it."""
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.classify(tokens)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_manifest(cls, entry: dict) -> "GraphIO":
+        return cls(tuple(map(TensorSpec.from_json, entry["inputs"])), tuple(map(TensorSpec.from_json, entry["outputs"])))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
 
 
 @dataclass
 class Graph:
-    """One exportable piece: a module, example inputs, and the names of its tensors."""
+    """One exportable piece: its place in the schedule, its module and example (zero) inputs."""
 
-    name: str
-    role: str  # trunk | router | attention | expert | head
+    spec: GraphSpec
     module: nn.Module
     inputs: dict[str, torch.Tensor]  # name -> example input (batch 1)
-    outputs: list[str]
-    layer: int | None = None
-    expert: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.spec.outputs)
 
     def run(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.module(*args)
         return out if isinstance(out, tuple) else (out,)
 
+    @torch.no_grad()
+    def io(self) -> GraphIO:
+        outs = self.run(*self.inputs.values())
+        return GraphIO(tuple(TensorSpec(n, tuple(t.shape)) for n, t in self.inputs.items()),
+                       tuple(TensorSpec(n, tuple(t.shape)) for n, t in zip(self.outputs, outs, strict=True)))
 
-def expert_graph_name(layer: int, expert: int) -> str:
-    return f"moe{layer}_e{expert}"
+
+def graph_of(model: SplittableModel, spec: GraphSpec) -> Graph:
+    inputs = {name: torch.zeros(model.tensor_shape(name)) for name in spec.inputs}
+    return Graph(spec, model.graph_module(spec), inputs)
 
 
-def split_model(model: MobileVMoE) -> list[Graph]:
-    """Every graph of the split, in schedule order (trunk, router, then per layer attention + experts, head)."""
-    cfg = model.cfg
-    if not cfg.is_moe:
-        raise ValueError(f"model '{cfg.name}' is dense (moe_layers=0): there is nothing to route; export an MoE checkpoint")
-    model = model.eval()
-    images = torch.zeros(1, cfg.in_chans, cfg.image_size, cfg.image_size)
-    tokens = torch.zeros(1, cfg.num_patches, cfg.embed_dim)
-    graphs = [
-        Graph("trunk", "trunk", Trunk(model), {"images": images}, ["tokens"]),
-        Graph("router", "router", RouterGraph(model), {"tokens": tokens}, ["router_logits"]),
-    ]
-    for layer, block in enumerate(model.moe_blocks):
-        graphs.append(Graph(f"moe{layer}_attn", "attention", SharedAttention(block), {"tokens": tokens},
-                            ["tokens_out", "hidden"], layer=layer))
-        for e, mlp in enumerate(block.experts):
-            graphs.append(Graph(expert_graph_name(layer, e), "expert", ExpertMlp(mlp), {"hidden": tokens},
-                                ["expert_out"], layer=layer, expert=e))
-    graphs.append(Graph("head", "head", Head(model), {"tokens": tokens}, ["logits"]))
-    return graphs
+def split_model(model: SplittableModel) -> list[Graph]:
+    """Every graph of the model's schedule, in schedule order."""
+    schedule = model.schedule
+    if not schedule.moe_layers:
+        raise ValueError("the model is dense (moe_layers=0): there is nothing to route; export an MoE checkpoint")
+    if isinstance(model, nn.Module):
+        model.eval()
+    return [graph_of(model, spec) for spec in schedule.graphs()]
+
+
+def torch_select(k: int):
+    """The schedule's expert selection for one image in torch (ties to the lower id, as torch.topk)."""
+
+    def select(router_logits: torch.Tensor):
+        gates, experts = route(router_logits, k)
+        return experts[0].tolist(), list(gates[0])
+
+    return select
 
 
 @torch.no_grad()
-def run_split(graphs: list[Graph], images: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
-    """Compose the split graphs exactly as the runtime does (reference for tests and parity)."""
+def run_split(graphs: list[Graph], schedule: Schedule, images: torch.Tensor,
+              traces: list[dict] | None = None) -> torch.Tensor:
+    """Compose the split graphs exactly as the runtime does, image by image (routing is per image):
+    the reference for tests, parity and golden vectors. Returns logits (N, classes); with `traces`,
+    appends each image's stage-by-stage trace."""
     by_name = {g.name: g for g in graphs}
-    (tokens,) = by_name["trunk"].run(images)
-    (router_logits,) = by_name["router"].run(tokens)
-    gates, experts = route(router_logits, top_k)
-    layers = sorted({g.layer for g in graphs if g.role == "attention"})
+    select = torch_select(schedule.top_k)
     out = []
-    for b in range(images.shape[0]):  # routing is per image, so each image takes its own path
-        x = tokens[b : b + 1]
-        for layer in layers:
-            x, hidden = by_name[f"moe{layer}_attn"].run(x)
-            for j in range(top_k):
-                (y,) = by_name[expert_graph_name(layer, int(experts[b, j]))].run(hidden)
-                x = x + gates[b, j] * y
-        out.append(by_name["head"].run(x)[0])
-    return {"logits": torch.cat(out), "router_logits": router_logits, "experts": experts, "gates": gates}
+    for b in range(images.shape[0]):
+        trace = {} if traces is not None else None
+        out.append(execute(schedule, lambda name, *xs: by_name[name].run(*xs), select, images[b : b + 1], trace))
+        if traces is not None:
+            traces.append(trace)
+    return torch.cat(out)

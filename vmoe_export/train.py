@@ -82,6 +82,15 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """nanoGPT's rule: decay matrices and conv kernels; never biases, norm gains or the position embedding
+    (decaying those pulls them towards zero, which only hurts)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and not name.endswith("pos_embed") else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def loss_fn(logits, router_logits, labels, superclass_of: torch.Tensor | None, router_weight: float):
     """L = CE(classes) + router_weight * CE(router logits, super-class of the label)."""
     cls_loss = F.cross_entropy(logits, labels)
@@ -129,7 +138,7 @@ def _train_stage(
     # Place the model first: optimizer.load_state_dict moves its state to the parameters' device.
     device = train_device()
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     start_epoch = 0
     if state_path.exists():
         ckpt = load_checkpoint(state_path, expect_config=model.cfg)

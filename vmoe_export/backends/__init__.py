@@ -1,5 +1,12 @@
-"""Export backends. Each module in this package defines `BACKEND = Backend(...)`; adding a backend
-is one new file plus its name in TARGETS.
+"""Export backends: peers behind one small interface.
+
+Each module in this package defines `BACKEND = Backend(...)`: how to write one graph's artifact,
+how to load it into a runner, and what it can do (its typed export options, the quantization
+modes it supports, whether its runtime runs on this OS, a structural artifact check). Adding a
+backend is one new file plus its module name in REGISTRY; nothing else lists backend names.
+
+Backend modules import their converter and runtime packages inside functions, so listing
+backends, their options and capabilities costs nothing and works where a package is missing.
 
 A runner takes the graph's inputs as float32 numpy arrays in manifest order and returns its
 outputs in manifest order, so the runtime never sees backend-specific tensor names.
@@ -7,23 +14,24 @@ outputs in manifest order, so the runtime never sees backend-specific tensor nam
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-TARGETS = ("executorch", "coreml", "tflite", "onnx")
+from ..split import Graph, GraphIO
+
+# The registry: module names under vmoe_export.backends, in `--target all` order.
+REGISTRY = ("executorch", "coreml", "tflite", "onnx")
+TARGETS = REGISTRY
+
+MAX_THREADS = 256  # bound on --threads for every backend alike (some runtimes crash on absurd counts)
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
-
-INSTALL_HINT = {
-    "executorch": "executorch==1.5.1",
-    "coreml": "coremltools==9.0",
-    "tflite": "litert-torch==0.10.0 ai-edge-litert==2.3.0",
-    "onnx": "onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0",
-}
 
 
 class BackendUnavailable(RuntimeError):
@@ -31,27 +39,95 @@ class BackendUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """How a runtime runs the graphs it loads. threads=0: the runtime's own default."""
+
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} (0 = the runtime's default), got {self.threads!r}")
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A backend without export options of its own."""
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     suffix: str  # artifact file (or directory, for .mlpackage) suffix
-    export: Callable  # (graph: split.Graph, path: Path, options: dict) -> None
-    load: Callable[[Path, dict], Runner]  # (path, graph manifest entry) -> runner
-    versions: Callable[[], dict[str, str]]
-    runtime_unavailable: Callable[[], str | None] = lambda: None  # reason the runtime cannot run here
-    check_artifact: Callable[[Path, dict], None] | None = None  # structural check without running
+    distributions: tuple[str, ...]  # pip packages it needs (their pins come from vmoe-export's own metadata)
+    modules: tuple[str, ...]  # import names that must be importable
+    export: Callable[[Graph, Path, Any], None]  # (graph, artifact path, options instance)
+    load: Callable[[Path, GraphIO, RunOptions], Runner]
+    options: type = NoOptions  # frozen dataclass of this backend's export options
+    quantization: tuple[str, ...] = ("none",)  # quantization modes it supports
+    runtime_unavailable: Callable[[], str | None] = lambda: None  # why its runtime cannot run here, or None
+    check_artifact: Callable[[Path, GraphIO], None] | None = None  # structural check without running
+    add_arguments: Callable[[argparse._ArgumentGroup], None] | None = None  # its CLI flags
+    options_from_args: Callable[[argparse.Namespace], Any] | None = None
+
+    def versions(self) -> dict[str, str]:
+        return {d: package_version(d) for d in ("torch", *self.distributions)}
+
+    def make_options(self, options: Any = None) -> Any:
+        options = self.options() if options is None else options
+        if not isinstance(options, self.options):
+            raise TypeError(f"{self.name} takes {self.options.__name__}, not {type(options).__name__}")
+        return options
+
+
+def _module(name: str):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown target '{name}'; choose one of: {', '.join(REGISTRY)}, all")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def describe(name: str) -> Backend:
+    """A backend's declaration (options, capabilities), whether or not its packages are installed."""
+    return _module(name).BACKEND
 
 
 def get_backend(name: str) -> Backend:
-    if name not in TARGETS:
-        raise ValueError(f"unknown target '{name}'; choose one of: {', '.join(TARGETS)}, all")
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ImportError as e:
+    """A backend ready to use: raises BackendUnavailable naming what to install when a package is missing."""
+    backend = describe(name)
+    missing = [m for m in backend.modules if _find_spec(m) is None]
+    if missing:
         raise BackendUnavailable(
-            f"target '{name}' needs packages that are not installed ({e.name or e}); "
-            f"install them with: pip install {INSTALL_HINT[name]}"
-        ) from None
-    return module.BACKEND
+            f"target '{name}' needs packages that are not installed ({', '.join(missing)}); "
+            f"install them with: pip install {' '.join(_pinned(backend.distributions))}"
+        )
+    return backend
+
+
+def all_backends() -> list[Backend]:
+    return [describe(n) for n in REGISTRY]
+
+
+def runtime_targets() -> list[str]:
+    """Backends whose runtime runs on this OS (the ones parity and benchmarks can execute)."""
+    return [b.name for b in all_backends() if b.runtime_unavailable() is None]
+
+
+def _find_spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+
+
+def _pinned(distributions: tuple[str, ...]) -> list[str]:
+    """The exact pins vmoe-export was installed with (pyproject.toml), for an install hint."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("vmoe-export") or []
+    except PackageNotFoundError:
+        reqs = []
+    pins = {r.split("==")[0].strip().lower(): r.split(";")[0].strip() for r in reqs if "==" in r}
+    return [pins.get(d.lower(), d) for d in distributions]
 
 
 def package_version(dist: str) -> str:

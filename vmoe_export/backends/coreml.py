@@ -7,42 +7,67 @@ Optional weight compression with ct.optimize.coreml: int8 linear or 4-bit palett
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import io
+import io as _io
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import Backend, package_version
-
-logging.getLogger("coremltools").setLevel(logging.ERROR)
-import coremltools as ct  # noqa: E402
+from ..split import Graph, GraphIO
+from . import Backend, BackendUnavailable, RunOptions
 
 COMPRESSION = ("none", "int8", "palettize4")
 
 
-def export(graph, path: Path, options: dict) -> None:
+@dataclass(frozen=True)
+class CoreMLOptions:
+    compress: str = "none"  # none | int8 (linear weights) | palettize4 (4-bit k-means)
+    fp16: bool = False  # compute precision; fp32 by default
+
+    def __post_init__(self) -> None:
+        if self.compress not in COMPRESSION:
+            raise ValueError(f"unknown CoreML compression '{self.compress}'; choose one of {', '.join(COMPRESSION)}")
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--coreml-compress", default="none", choices=COMPRESSION,
+                       help="CoreML weight compression with ct.optimize.coreml: int8 linear or 4-bit k-means "
+                       "palettization (default none)")
+    group.add_argument("--coreml-fp16", action="store_true", help="CoreML compute precision fp16 (default fp32)")
+
+
+def options_from_args(args: argparse.Namespace) -> CoreMLOptions:
+    return CoreMLOptions(compress=args.coreml_compress, fp16=args.coreml_fp16)
+
+
+def _ct():
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools as ct
+
+    return ct
+
+
+def export(graph: Graph, path: Path, options: CoreMLOptions) -> None:
+    ct = _ct()
     exported = torch.export.export(graph.module, tuple(graph.inputs.values())).run_decompositions({})
-    precision = ct.precision.FLOAT16 if options.get("coreml_fp16") else ct.precision.FLOAT32
-    with contextlib.redirect_stderr(io.StringIO()):  # coremltools draws a progress bar per MIL pass
-        model = _convert(exported, graph, precision)
-        model = compress(model, options.get("coreml_compress", "none"))
+    precision = ct.precision.FLOAT16 if options.fp16 else ct.precision.FLOAT32
+    with contextlib.redirect_stderr(_io.StringIO()):  # coremltools draws a progress bar per MIL pass
+        model = ct.convert(
+            exported,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS17,
+            compute_precision=precision,
+            inputs=[ct.TensorType(name=n, shape=tuple(t.shape)) for n, t in graph.inputs.items()],
+            outputs=[ct.TensorType(name=n) for n in graph.outputs],
+            skip_model_load=True,
+        )
+        model = compress(model, options.compress)
     model.save(str(path))
-
-
-def _convert(exported, graph, precision):
-    return ct.convert(
-        exported,
-        convert_to="mlprogram",
-        minimum_deployment_target=ct.target.iOS17,
-        compute_precision=precision,
-        inputs=[ct.TensorType(name=n, shape=tuple(t.shape)) for n, t in graph.inputs.items()],
-        outputs=[ct.TensorType(name=n) for n in graph.outputs],
-        skip_model_load=True,
-    )
 
 
 def compress(model, mode: str):
@@ -53,10 +78,8 @@ def compress(model, mode: str):
     if mode == "int8":
         config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
         return cto.linear_quantize_weights(model, config)
-    if mode == "palettize4":
-        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=4))
-        return cto.palettize_weights(model, config)
-    raise ValueError(f"unknown CoreML compression '{mode}'; choose one of {', '.join(COMPRESSION)}")
+    config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=4))
+    return cto.palettize_weights(model, config)
 
 
 def runtime_unavailable() -> str | None:
@@ -65,38 +88,40 @@ def runtime_unavailable() -> str | None:
     return None
 
 
-def check_artifact(path: Path, entry: dict) -> None:
-    """Check the saved spec against the manifest: names, shapes, float32 types."""
-    spec = ct.utils.load_spec(str(path))
+def check_artifact(path: Path, io: GraphIO) -> None:
+    """Open the saved package and check its spec against the manifest: an mlprogram whose input
+    names and shapes and output names are the graph's."""
+    ct = _ct()
+    try:
+        spec = ct.utils.load_spec(str(path))
+    except Exception as e:  # coremltools raises bare Exceptions for unreadable packages
+        raise ValueError(f"{path.name}: cannot be read as a Core ML package ({str(e).strip()[:200]})") from None
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ValueError(f"{path.name}: not an mlprogram")
     inputs = [(i.name, list(i.type.multiArrayType.shape)) for i in spec.description.input]
     outputs = [o.name for o in spec.description.output]
-    want_in = [(i["name"], list(i["shape"])) for i in entry["inputs"]]
-    want_out = [o["name"] for o in entry["outputs"]]
-    if inputs != want_in or outputs != want_out:
-        raise ValueError(f"{path.name}: spec has inputs {inputs} / outputs {outputs}, manifest says {want_in} / {want_out}")
-    if not spec.WhichOneof("Type") == "mlProgram":
-        raise ValueError(f"{path.name}: not an mlprogram")
+    want_in = [(t.name, list(t.shape)) for t in io.inputs]
+    if inputs != want_in or outputs != io.output_names:
+        raise ValueError(f"{path.name}: spec has inputs {inputs} / outputs {outputs}, manifest says {want_in} / {io.output_names}")
 
 
-def load(path: Path, entry: dict):
+def load(path: Path, io: GraphIO, run: RunOptions):
     reason = runtime_unavailable()
     if reason:
-        from . import BackendUnavailable
-
         raise BackendUnavailable(reason)
+    ct = _ct()
     model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
-    in_names = [i["name"] for i in entry["inputs"]]
-    out_names = [o["name"] for o in entry["outputs"]]
+    in_names, out_names = io.input_names, io.output_names
 
-    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
         result = model.predict(dict(zip(in_names, inputs, strict=True)))
         return [np.asarray(result[name], dtype=np.float32) for name in out_names]
 
-    return run
+    return runner
 
 
-def versions() -> dict[str, str]:
-    return {name: package_version(name) for name in ("torch", "coremltools")}
-
-
-BACKEND = Backend("coreml", ".mlpackage", export, load, versions, runtime_unavailable, check_artifact)
+BACKEND = Backend(
+    "coreml", ".mlpackage", distributions=("coremltools",), modules=("coremltools",), export=export, load=load,
+    options=CoreMLOptions, runtime_unavailable=runtime_unavailable, check_artifact=check_artifact,
+    add_arguments=add_arguments, options_from_args=options_from_args,
+)

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-from executorch.exir import to_edge_transform_and_lower
 
-from . import Backend, package_version
+from ..split import Graph, GraphIO
+from . import Backend, NoOptions, RunOptions
 
 
-def export(graph, path: Path, options: dict) -> None:
+def export(graph: Graph, path: Path, options: NoOptions) -> None:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
     exported = torch.export.export(graph.module, tuple(graph.inputs.values()))
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     path.write_bytes(program.buffer)
@@ -32,22 +34,18 @@ def set_threads(threads: int) -> None:
             portable_lib._unsafe_reset_threadpool(threads)
 
 
-def load(path: Path, entry: dict):
+def load(path: Path, io: GraphIO, run: RunOptions):
     from executorch.runtime import Runtime
 
-    set_threads(int(entry.get("threads", 0)))
+    set_threads(run.threads)
     method = Runtime.get().load_program(Path(path)).load_method("forward")
 
-    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
         outputs = method.execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
         # The runtime reuses its planned output memory on the next call: copy out.
         return [o.numpy().copy() for o in outputs]
 
-    return run
+    return runner
 
 
-def versions() -> dict[str, str]:
-    return {name: package_version(name) for name in ("torch", "executorch")}
-
-
-BACKEND = Backend("executorch", ".pte", export, load, versions)
+BACKEND = Backend("executorch", ".pte", distributions=("executorch",), modules=("executorch",), export=export, load=load)

@@ -6,13 +6,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from . import Backend, package_version
+from ..split import Graph, GraphIO
+from . import Backend, NoOptions, RunOptions
 
 
-def export(graph, path: Path, options: dict) -> None:
+def export(graph: Graph, path: Path, options: NoOptions) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -22,21 +22,19 @@ def export(graph, path: Path, options: dict) -> None:
     program.save(str(path))
 
 
-def load(path: Path, entry: dict):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(entry.get("threads", 0))
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    in_names = [i["name"] for i in entry["inputs"]]
-    out_names = [o["name"] for o in entry["outputs"]]
+def load(path: Path, io: GraphIO, run: RunOptions):
+    import onnxruntime as ort
 
-    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = run.threads
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    in_names, out_names = io.input_names, io.output_names
+
+    def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
         return session.run(out_names, dict(zip(in_names, inputs, strict=True)))
 
-    return run
+    return runner
 
 
-def versions() -> dict[str, str]:
-    return {name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime")}
-
-
-BACKEND = Backend("onnx", ".onnx", export, load, versions)
+BACKEND = Backend("onnx", ".onnx", distributions=("onnx", "onnxscript", "onnxruntime"),
+                  modules=("onnx", "onnxscript", "onnxruntime"), export=export, load=load)

@@ -33,6 +33,49 @@ public struct ExpertInfo: Decodable {
     public let size_bytes: Int
 }
 
+/// One step of the routed schedule stored in the manifest (vmoe_export/schedule.py). The app
+/// executes these steps; it never builds a graph name itself.
+public enum Step: Equatable {
+    /// graph: inputs -> outputs (trunk, router, head).
+    case run(graph: String, inputs: [String], outputs: [String])
+    /// experts = top-k of softmax(logits), gates = their probabilities.
+    case route(logits: String, k: Int)
+    /// tokens_out, hidden = attention(tokens); tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden).
+    case moeLayer(layer: Int, attention: String, experts: [String])
+}
+
+struct StepJSON: Decodable {
+    let op: String
+    let graph: String?
+    let inputs: [String]?
+    let outputs: [String]?
+    let logits: String?
+    let k: Int?
+    let layer: Int?
+    let attention: String?
+    let experts: [String]?
+
+    func step() throws -> Step {
+        switch op {
+        case "run":
+            guard let g = graph, let i = inputs, let o = outputs else { throw ManifestError.invalid("run step lacks graph/inputs/outputs") }
+            return .run(graph: g, inputs: i, outputs: o)
+        case "route":
+            guard let l = logits, let k = k else { throw ManifestError.invalid("route step lacks logits/k") }
+            return .route(logits: l, k: k)
+        case "moe_layer":
+            guard let l = layer, let a = attention, let e = experts else { throw ManifestError.invalid("moe_layer step lacks layer/attention/experts") }
+            return .moeLayer(layer: l, attention: a, experts: e)
+        default:
+            throw ManifestError.invalid("unknown schedule step '\(op)': update the app")
+        }
+    }
+}
+
+public struct ScheduleInfo: Decodable {
+    let steps: [StepJSON]
+}
+
 public struct ModelInfo: Decodable {
     public let num_experts: Int
     public let moe_layers: Int
@@ -42,7 +85,7 @@ public struct ModelInfo: Decodable {
 /// The bundle's manifest.json, validated like vmoe_export.bundle.
 public struct Manifest: Decodable {
     public static let schema = "vmoe-export/bundle"
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
 
     public let schema: String
     public let schema_version: Int
@@ -52,24 +95,59 @@ public struct Manifest: Decodable {
     public let class_names: [String]
     public let graphs: [String: GraphEntry]
     public let experts: [ExpertInfo]
+    let schedule: ScheduleInfo
+    public private(set) var steps: [Step] = []
 
-    public var sharedGraphs: [String] {
-        ["trunk", "router"] + (0..<model.moe_layers).map { "moe\($0)_attn" } + ["head"]
+    enum CodingKeys: String, CodingKey {
+        case schema, schema_version, target, model, preprocessing, class_names, graphs, experts, schedule
     }
 
-    public func expertGraph(layer: Int, expert: Int) -> String { "moe\(layer)_e\(expert)" }
+    /// Graphs every image runs, loaded up front.
+    public var sharedGraphs: [String] {
+        steps.flatMap { step -> [String] in
+            switch step {
+            case .run(let g, _, _): return [g]
+            case .moeLayer(_, let a, _): return [a]
+            case .route: return []
+            }
+        }
+    }
+
+    /// Expert `expert`'s graphs, one per MoE layer: loaded and evicted as one unit.
+    public func expertGraphs(_ expert: Int) -> [String] {
+        steps.compactMap { step -> String? in
+            if case .moeLayer(_, _, let experts) = step { return experts[expert] }
+            return nil
+        }
+    }
 
     public static func parse(_ data: Data) throws -> Manifest {
-        let m: Manifest
+        struct Header: Decodable { let schema: String?; let schema_version: Int? }
+        if let h = try? JSONDecoder().decode(Header.self, from: data), h.schema == schema,
+           let v = h.schema_version, v < schemaVersion {
+            throw ManifestError.invalid("bundle written by an older vmoe-export (schema_version \(v)): re-export it")
+        }
+        var m: Manifest
         do { m = try JSONDecoder().decode(Manifest.self, from: data) } catch {
             throw ManifestError.invalid("not a vmoe-export manifest or not valid JSON: \(error)")
         }
         guard m.schema == schema else { throw ManifestError.invalid("not a vmoe-export manifest (schema is not '\(schema)')") }
         guard m.schema_version == schemaVersion else { throw ManifestError.invalid("manifest schema_version \(m.schema_version), this app reads \(schemaVersion)") }
-        let e = m.model.num_experts, l = m.model.moe_layers
-        guard (1...e).contains(m.model.top_k) else { throw ManifestError.invalid("top_k \(m.model.top_k) is not between 1 and num_experts \(e)") }
-        var required = ["trunk", "router", "head"] + (0..<l).map { "moe\($0)_attn" }
-        for layer in 0..<l { for x in 0..<e { required.append("moe\(layer)_e\(x)") } }
+        let e = m.model.num_experts, l = m.model.moe_layers, k = m.model.top_k
+        guard e >= 1, (1...e).contains(k) else { throw ManifestError.invalid("top_k \(k) is not between 1 and num_experts \(e)") }
+        m.steps = try m.schedule.steps.map { try $0.step() }
+        let moe = m.steps.compactMap { step -> [String]? in
+            if case .moeLayer(_, _, let experts) = step { return experts }
+            return nil
+        }
+        let routes = m.steps.compactMap { step -> Int? in
+            if case .route(_, let kk) = step { return kk }
+            return nil
+        }
+        guard moe.count == l, moe.allSatisfy({ $0.count == e }), routes == [k] else {
+            throw ManifestError.invalid("manifest schedule does not match its model (E=\(e), L=\(l), k=\(k)): re-export the bundle")
+        }
+        let required = m.sharedGraphs + moe.flatMap { $0 }
         let missing = required.filter { m.graphs[$0] == nil }
         guard missing.isEmpty else { throw ManifestError.invalid("manifest lacks graphs \(missing.joined(separator: ", ")) (E=\(e), L=\(l))") }
         for entry in m.graphs.values { try checkRelative(entry.path) }
@@ -109,7 +187,7 @@ public struct Bundle {
     }
 
     public func expertBytes(_ expert: Int) -> Int {
-        (0..<manifest.model.moe_layers).reduce(0) { $0 + (manifest.graphs[manifest.expertGraph(layer: $1, expert: expert)]?.size_bytes ?? 0) }
+        manifest.expertGraphs(expert).reduce(0) { $0 + (manifest.graphs[$1]?.size_bytes ?? 0) }
     }
 }
 

@@ -15,11 +15,12 @@ public struct Prediction {
     public let stageMillis: [String: Double]
 }
 
-/// trunk -> router -> per MoE layer: shared attention + only the routed experts (lazy, LRU) -> head.
+/// Executes the manifest's schedule: shared graphs loaded up front, only the routed experts
+/// loaded (lazily, LRU-cached), mixed by their gates in every MoE layer.
 public final class RoutedModel {
     public let bundle: Bundle
     private let shared: [String: GraphRunner]
-    public let experts: ExpertCache<[Int: GraphRunner]>
+    public let experts: ExpertCache<[String: GraphRunner]>
 
     public init(bundle: Bundle, loader: @escaping GraphLoader, maxExperts: Int? = nil, maxBytes: Int? = nil) throws {
         let m = bundle.manifest
@@ -31,9 +32,9 @@ public final class RoutedModel {
         shared = s
         experts = ExpertCache(
             load: { e in
-                var byLayer: [Int: GraphRunner] = [:]
-                for layer in 0..<m.model.moe_layers { byLayer[layer] = try open(m.expertGraph(layer: layer, expert: e)) }
-                return byLayer
+                var graphs: [String: GraphRunner] = [:]
+                for g in m.expertGraphs(e) { graphs[g] = try open(g) }
+                return graphs
             },
             sizeOf: { bundle.expertBytes($0) }, maxExperts: maxExperts, maxBytes: maxBytes)
     }
@@ -46,19 +47,28 @@ public final class RoutedModel {
             t[stage, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
             return r
         }
-        let m = bundle.manifest
         let start = DispatchTime.now().uptimeNanoseconds
-        var tokens = try timed("trunk") { try shared["trunk"]!.run([input])[0] }
-        let routerLogits = try timed("router") { try shared["router"]!.run([tokens])[0] }
-        let (ids, gates) = Routing.selectExperts(routerLogits, k: m.model.top_k)
-        let loaded = try timed("expert_load") { try ids.map { try experts.get($0, pinned: Set(ids)) } }
-        for layer in 0..<m.model.moe_layers {
-            let a = try timed("attention") { try shared["moe\(layer)_attn"]!.run([tokens]) }
-            let outs = try timed("experts") { try loaded.map { try $0[layer]!.run([a[1]])[0] } }
-            tokens = Routing.combine(a[0], outs, gates)
+        var env: [String: [Float]] = ["images": input]
+        var ids: [Int] = [], gates: [Float] = []
+        var routed: [[String: GraphRunner]] = []
+        for step in bundle.manifest.steps {
+            switch step {
+            case .run(let graph, let inputs, let outputs):
+                let outs = try timed(graph) { try shared[graph]!.run(inputs.map { env[$0]! }) }
+                guard outs.count == outputs.count else { throw ManifestError.invalid("graph \(graph) returned \(outs.count) outputs, the manifest lists \(outputs.count)") }
+                for (name, value) in zip(outputs, outs) { env[name] = value }
+            case .route(let logits, let k):
+                (ids, gates) = Routing.selectExperts(env[logits]!, k: k)
+                let pinned = Set(ids)
+                routed = try timed("expert_load") { try ids.map { try experts.get($0, pinned: pinned) } }
+            case .moeLayer(_, let attention, let expertGraphs):
+                let a = try timed("attention") { try shared[attention]!.run([env["tokens"]!]) }
+                let outs = try timed("experts") { try ids.indices.map { j in try routed[j][expertGraphs[ids[j]]]!.run([a[1]])[0] } }
+                env["tokens"] = Routing.combine(a[0], outs, gates)
+            }
         }
-        let logits = try timed("head") { try shared["head"]!.run([tokens])[0] }
         t["total"] = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+        let logits = env["logits"]!
         return Prediction(classId: Routing.argmax(logits), logits: logits, experts: ids, gates: gates, stageMillis: t)
     }
 }

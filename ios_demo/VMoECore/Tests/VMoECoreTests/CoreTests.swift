@@ -38,7 +38,7 @@ final class CoreTests: XCTestCase {
     func testPreprocessingMatchesToolkit() {
         for c in golden.cases {
             let x = Routing.preprocess(c.pixels_u8, manifest.preprocessing)
-            for (a, b) in zip(x, c.input) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+            assertClose(x, c.input, accuracy: 1e-5)
         }
     }
 
@@ -46,14 +46,14 @@ final class CoreTests: XCTestCase {
         for c in golden.cases {
             let (ids, gates) = Routing.selectExperts(c.router_logits, k: manifest.model.top_k)
             XCTAssertEqual(ids, c.experts)
-            for (a, b) in zip(gates, c.gates) { XCTAssertEqual(a, b, accuracy: 1e-6) }
+            assertClose(gates, c.gates, accuracy: 1e-6)
         }
     }
 
     func testGateMixingMatchesPyTorch() {
         let v = golden.combine
         let mixed = Routing.combine(v.attention_out, v.expert_outs, v.gates)
-        for (a, b) in zip(mixed, v.expected) { XCTAssertEqual(a, b, accuracy: 1e-4) }
+        assertClose(mixed, v.expected, accuracy: 1e-4)
     }
 
     func testEveryArtifactVerifies() throws {
@@ -63,10 +63,23 @@ final class CoreTests: XCTestCase {
 
     func testEscapingPathAndMissingExpertAreRejected() throws {
         let text = try String(contentsOf: bundleDir.appendingPathComponent("manifest.json"))
-        let path = manifest.graphs["moe0_e0"]!.path
+        let path = manifest.graphs[manifest.expertGraphs(0)[0]]!.path
         XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: "\"\(path)\"", with: "\"../../etc/passwd\"").utf8)))
-        let last = "moe\(manifest.model.moe_layers - 1)_e\(manifest.model.num_experts - 1)"
+        let last = manifest.expertGraphs(manifest.model.num_experts - 1).last!
         XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: "\"\(last)\":", with: "\"renamed\":").utf8)))
+    }
+
+    func testScheduleThatDisagreesWithTheModelIsRejected() throws {
+        let text = try String(contentsOf: bundleDir.appendingPathComponent("manifest.json"))
+        let k = manifest.model.top_k
+        XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: "\"top_k\": \(k)", with: "\"top_k\": \(k + 1)").utf8)))
+        XCTAssertEqual(Set(manifest.graphs.keys), Set(manifest.sharedGraphs + (0..<manifest.model.num_experts).flatMap { manifest.expertGraphs($0) }))
+    }
+
+    /// Lengths first: zip stops at the shorter array, so a truncated output would otherwise pass.
+    private func assertClose(_ a: [Float], _ b: [Float], accuracy: Float, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, "lengths differ", file: file, line: line)
+        for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: accuracy, file: file, line: line) }
     }
 
     func testLruRespectsBudget() throws {

@@ -14,26 +14,45 @@ data class Preprocessing(val imageSize: Int, val channels: Int, val mean: FloatA
 
 data class ExpertInfo(val id: Int, val superclass: List<String>, val graphs: List<String>, val sizeBytes: Long)
 
-/** The bundle's manifest.json, validated like vmoe_export.bundle: schema, required graphs, paths inside the bundle. */
+/** One step of the routed schedule stored in the manifest (vmoe_export/schedule.py). The app
+ *  executes these steps; it never builds a graph name itself. */
+sealed class Step {
+    /** graph: inputs -> outputs (trunk, router, head). */
+    data class Run(val graph: String, val inputs: List<String>, val outputs: List<String>) : Step()
+    /** experts = top-k of softmax(logits), gates = their probabilities. */
+    data class Route(val logits: String, val k: Int) : Step()
+    /** tokens_out, hidden = attention(tokens); tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden). */
+    data class MoELayer(val layer: Int, val attention: String, val experts: List<String>) : Step()
+}
+
+/** The bundle's manifest.json, validated like vmoe_export.bundle: schema, schedule against E/L/k,
+ *  every scheduled graph present, paths inside the bundle. */
 class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val topK: Int,
                val classNames: List<String>, val preprocessing: Preprocessing,
-               val graphs: Map<String, GraphEntry>, val experts: List<ExpertInfo>) {
+               val graphs: Map<String, GraphEntry>, val experts: List<ExpertInfo>, val steps: List<Step>) {
 
+    private val moeSteps get() = steps.filterIsInstance<Step.MoELayer>()
+
+    /** Graphs every image runs, loaded up front. */
     val sharedGraphs: List<String>
-        get() = listOf("trunk", "router") + (0 until moeLayers).map { "moe${it}_attn" } + listOf("head")
+        get() = steps.flatMap { s -> when (s) { is Step.Run -> listOf(s.graph); is Step.MoELayer -> listOf(s.attention); else -> emptyList() } }
 
-    fun expertGraph(layer: Int, expert: Int) = "moe${layer}_e$expert"
+    /** Expert [expert]'s graphs, one per MoE layer: loaded and evicted as one unit. */
+    fun expertGraphs(expert: Int): List<String> = moeSteps.map { it.experts[expert] }
 
     companion object {
         const val SCHEMA = "vmoe-export/bundle"
-        const val SCHEMA_VERSION = 1
+        const val SCHEMA_VERSION = 2
 
         fun parse(text: String): Manifest {
             val root = try { Json.parse(text) } catch (e: JsonException) { throw ManifestException("manifest is not valid JSON: ${e.message}") }
                 .obj("manifest")
             if (root["schema"] != SCHEMA) throw ManifestException("not a vmoe-export manifest (schema is not '$SCHEMA')")
-            if (root["schema_version"].int("schema_version") != SCHEMA_VERSION)
-                throw ManifestException("manifest schema_version ${root["schema_version"]}, this app reads $SCHEMA_VERSION")
+            val version = root["schema_version"].int("schema_version")
+            if (version < SCHEMA_VERSION)
+                throw ManifestException("bundle written by an older vmoe-export (schema_version $version): re-export it")
+            if (version != SCHEMA_VERSION)
+                throw ManifestException("manifest schema_version $version, this app reads $SCHEMA_VERSION: update the app")
             val model = root["model"].obj("model")
             val e = model["num_experts"].int("num_experts")
             val l = model["moe_layers"].int("moe_layers")
@@ -48,8 +67,14 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
                 graphs[name] = GraphEntry(name, path, g["sha256"].str("graph $name sha256"),
                     (g["size_bytes"] as? Double)?.toLong() ?: 0L, specs(g["inputs"], name), specs(g["outputs"], name))
             }
-            val required = listOf("trunk", "router", "head") + (0 until l).map { "moe${it}_attn" } +
-                (0 until l).flatMap { layer -> (0 until e).map { "moe${layer}_e$it" } }
+            val steps = root["schedule"].obj("schedule")["steps"].list("schedule steps").map { step(it) }
+            val moe = steps.filterIsInstance<Step.MoELayer>()
+            val routes = steps.filterIsInstance<Step.Route>()
+            if (moe.size != l || moe.any { it.experts.size != e } || routes.size != 1 || routes[0].k != k)
+                throw ManifestException("manifest schedule does not match its model (E=$e, L=$l, k=$k): re-export the bundle")
+            val required = steps.flatMap { s ->
+                when (s) { is Step.Run -> listOf(s.graph); is Step.MoELayer -> listOf(s.attention) + s.experts; else -> emptyList() }
+            }
             val missing = required.filter { it !in graphs }
             if (missing.isNotEmpty()) throw ManifestException("manifest lacks graphs ${missing.joinToString(", ")} (E=$e, L=$l)")
             val experts = root["experts"].list("experts").map {
@@ -59,7 +84,19 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             }
             return Manifest(root["target"].str("target"), e, l, k, root["class_names"].list("class_names").map { it.str("class") },
                 Preprocessing(pre["image_size"].int("image_size"), pre["channels"].int("channels"),
-                    pre["mean"].floats("mean"), pre["std"].floats("std")), graphs, experts)
+                    pre["mean"].floats("mean"), pre["std"].floats("std")), graphs, experts, steps)
+        }
+
+        private fun step(raw: Any?): Step {
+            val s = raw.obj("schedule step")
+            return when (val op = s["op"].str("step op")) {
+                "run" -> Step.Run(s["graph"].str("graph"), s["inputs"].list("inputs").map { it.str("input") },
+                    s["outputs"].list("outputs").map { it.str("output") })
+                "route" -> Step.Route(s["logits"].str("logits"), s["k"].int("k"))
+                "moe_layer" -> Step.MoELayer(s["layer"].int("layer"), s["attention"].str("attention"),
+                    s["experts"].list("experts").map { it.str("expert graph") })
+                else -> throw ManifestException("unknown schedule step '$op': update the app")
+            }
         }
 
         private fun specs(raw: Any?, graph: String): List<TensorSpec> = raw.list("graph $graph tensors").map {
@@ -92,7 +129,7 @@ class Bundle(val dir: File) {
         return file
     }
 
-    fun expertBytes(expert: Int): Long = (0 until manifest.moeLayers).map { manifest.graphs.getValue(manifest.expertGraph(it, expert)).sizeBytes }.sum()
+    fun expertBytes(expert: Int): Long = manifest.expertGraphs(expert).map { manifest.graphs.getValue(it).sizeBytes }.sum()
 }
 
 /** Same digest as vmoe_export.bundle.sha256_of: a file's bytes, or for a directory (.mlpackage)

@@ -13,13 +13,14 @@ typealias GraphLoader = (graph: GraphEntry, file: java.io.File) -> GraphRunner
 data class Result(val classId: Int, val logits: FloatArray, val experts: IntArray, val gates: FloatArray,
                   val stageMillis: Map<String, Double>)
 
-/** trunk -> router -> per MoE layer: shared attention + only the routed experts (lazy, LRU) -> head. */
+/** Executes the manifest's schedule: shared graphs loaded up front, only the routed experts
+ *  loaded (lazily, LRU-cached), mixed by their gates in every MoE layer. */
 class RoutedModel(val bundle: Bundle, private val loader: GraphLoader,
                   maxExperts: Int? = null, maxBytes: Long? = null) {
     val manifest = bundle.manifest
     private val shared: Map<String, GraphRunner> = manifest.sharedGraphs.associate { it to open(it) }
-    val experts = ExpertCache<Map<Int, GraphRunner>>(
-        load = { e -> (0 until manifest.moeLayers).associate { layer -> layer to open(manifest.expertGraph(layer, e)) } },
+    val experts = ExpertCache<Map<String, GraphRunner>>(
+        load = { e -> manifest.expertGraphs(e).associate { it to open(it) } },
         sizeOf = { bundle.expertBytes(it) }, maxExperts = maxExperts, maxBytes = maxBytes,
         close = { m -> m.values.forEach { it.close() } })
 
@@ -39,20 +40,32 @@ class RoutedModel(val bundle: Bundle, private val loader: GraphLoader,
             return r
         }
         val start = System.nanoTime()
-        val tokens0 = timed("trunk") { shared.getValue("trunk").run(listOf(input))[0] }
-        val routerLogits = timed("router") { shared.getValue("router").run(listOf(tokens0))[0] }
-        val (ids, gates) = Routing.selectExperts(routerLogits, manifest.topK)
-        val pinned = ids.toSet()
-        val loaded = timed("expert_load") { ids.map { experts.get(it, pinned) } }
-        var tokens = tokens0
-        for (layer in 0 until manifest.moeLayers) {
-            val (attnOut, hidden) = timed("attention") { shared.getValue("moe${layer}_attn").run(listOf(tokens)) }
-                .let { it[0] to it[1] }
-            val outs = timed("experts") { loaded.map { it.getValue(layer).run(listOf(hidden))[0] } }
-            tokens = Routing.combine(attnOut, outs, gates)
+        val env = HashMap<String, FloatArray>()
+        env["images"] = input
+        var ids = IntArray(0)
+        var gates = FloatArray(0)
+        var routed: List<Map<String, GraphRunner>> = emptyList()
+        for (step in manifest.steps) when (step) {
+            is Step.Run -> {
+                val outs = timed(step.graph) { shared.getValue(step.graph).run(step.inputs.map { env.getValue(it) }) }
+                step.outputs.zip(outs).forEach { (name, value) -> env[name] = value }
+            }
+            is Step.Route -> {
+                val sel = Routing.selectExperts(env.getValue(step.logits), step.k)
+                ids = sel.first
+                gates = sel.second
+                val pinned = ids.toSet()
+                routed = timed("expert_load") { ids.map { experts.get(it, pinned) } }
+            }
+            is Step.MoELayer -> {
+                val (attnOut, hidden) = timed("attention") { shared.getValue(step.attention).run(listOf(env.getValue("tokens"))) }
+                    .let { it[0] to it[1] }
+                val outs = timed("experts") { ids.indices.map { j -> routed[j].getValue(step.experts[ids[j]]).run(listOf(hidden))[0] } }
+                env["tokens"] = Routing.combine(attnOut, outs, gates)
+            }
         }
-        val logits = timed("head") { shared.getValue("head").run(listOf(tokens))[0] }
         t["total"] = (System.nanoTime() - start) / 1e6
+        val logits = env.getValue("logits")
         return Result(Routing.argmax(logits), logits, ids, gates, t)
     }
 }

@@ -43,30 +43,73 @@ class CoreTest {
     @Test fun everyArtifactVerifies() {
         val bundle = Bundle(bundleDir)
         assertEquals(3 + manifest.moeLayers * (1 + manifest.numExperts), manifest.graphs.size)
+        assertEquals(manifest.graphs.keys, (manifest.sharedGraphs + (0 until manifest.numExperts).flatMap { manifest.expertGraphs(it) }).toSet())
         for (g in manifest.graphs.keys) assertTrue(bundle.verifiedArtifact(g).exists())
     }
 
     @Test fun tamperedArtifactIsRejected() {
         val copy = copyBundle()
-        val victim = File(copy, manifest.graphs.getValue("moe0_e0").path)
+        val expertGraph = manifest.expertGraphs(0)[0]
+        val victim = File(copy, manifest.graphs.getValue(expertGraph).path)
         val bytes = victim.readBytes()
         bytes[bytes.size / 2] = (bytes[bytes.size / 2] + 1).toByte()
         victim.writeBytes(bytes)
-        expectManifestError("fails its checksum") { Bundle(copy).verifiedArtifact("moe0_e0") }
+        expectManifestError("fails its checksum") { Bundle(copy).verifiedArtifact(expertGraph) }
     }
 
     @Test fun missingExpertIsRejected() {
         val text = File(bundleDir, "manifest.json").readText()
-        val last = "moe${manifest.moeLayers - 1}_e${manifest.numExperts - 1}"
+        val last = manifest.expertGraphs(manifest.numExperts - 1).last()
         expectManifestError("lacks graphs $last") { Manifest.parse(text.replace("\"$last\":", "\"renamed\":")) }
     }
 
     @Test fun escapingPathIsRejected() {
         val text = File(bundleDir, "manifest.json").readText()
-        val path = manifest.graphs.getValue("moe0_e0").path
+        val path = manifest.graphs.getValue(manifest.expertGraphs(0)[0]).path
         for (evil in listOf("../../etc/passwd", "/etc/passwd", "experts/../../x")) {
             expectManifestError("escapes") { Manifest.parse(text.replace("\"$path\"", "\"$evil\"")) }
         }
+    }
+
+    /** The executor alone: stub graphs with known arithmetic, the real bundle's schedule. Checks the step
+     *  order, that only routed experts load, and tokens = tokens_out + sum_j gate_j * expert_j(hidden). */
+    @Test fun routedModelExecutesTheManifestSchedule() {
+        val calls = ArrayList<String>()
+        val expertOf = (0 until manifest.numExperts).flatMap { e -> manifest.expertGraphs(e).map { it to e } }.toMap()
+        val routerLogits = FloatArray(manifest.numExperts) { if (it == 1) 3f else 0f }
+        fun stub(f: (FloatArray) -> List<FloatArray>) = object : GraphRunner {
+            override fun run(inputs: List<FloatArray>) = f(inputs[0])
+        }
+        val model = RoutedModel(Bundle(bundleDir), { g, _ ->
+            val e = expertOf[g.name]
+            stub { x ->
+                calls.add(g.name)
+                when {
+                    e != null -> listOf(FloatArray(x.size) { x[it] * (e + 1) })
+                    g.name == manifest.sharedGraphs.first() -> listOf(FloatArray(x.size) { x[it] + 1f })
+                    g.outputs.any { it.name == "router_logits" } -> listOf(routerLogits)
+                    g.outputs.size == 2 -> listOf(FloatArray(x.size) { 2 * x[it] }, x)
+                    else -> listOf(x)
+                }
+            }
+        })
+        calls.clear()
+        val result = model.classify(floatArrayOf(1f))
+        val (ids, gates) = Routing.selectExperts(routerLogits, manifest.topK)
+        assertArrayEquals(ids, result.experts)
+        var x = 2f
+        repeat(manifest.moeLayers) { x = 2 * x + ids.indices.map { j -> gates[j] * x * (ids[j] + 1) }.sum() }
+        assertEquals(x, result.logits[0], 1e-4f)
+        assertEquals(ids.toList(), model.experts.loaded)
+        assertEquals(manifest.sharedGraphs.first(), calls.first())
+        assertEquals(manifest.moeLayers * manifest.topK, calls.count { it in expertOf })
+    }
+
+    @Test fun scheduleThatDisagreesWithTheModelIsRejected() {
+        val text = File(bundleDir, "manifest.json").readText()
+        val k = "\"top_k\": ${manifest.topK}"
+        expectManifestError("does not match its model") { Manifest.parse(text.replace(k, "\"top_k\": ${manifest.topK + 1}")) }
+        expectManifestError("older vmoe-export") { Manifest.parse(text.replace("\"schema_version\": 2", "\"schema_version\": 1")) }
     }
 
     @Test fun wrongSchemaIsRejected() {

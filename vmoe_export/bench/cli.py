@@ -1,0 +1,96 @@
+"""The vmoe-bench command: find (or export) bundles, run one benchmark, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..clitools import DEFAULT_CHECKPOINT, add_data_dir_argument, fail, quiet_converters, user_errors
+
+
+def parser() -> argparse.ArgumentParser:
+    from ..backends import runtime_targets
+
+    p = argparse.ArgumentParser(
+        prog="vmoe-bench",
+        description="Benchmark exported bundles on this CPU: FLOPs per graph and per image, per-stage and end-to-end "
+        "latency (median/p90), cold vs warm expert load, resident memory with routed vs all experts, and ratios "
+        "against a dense ViT of equal active FLOPs, a monolithic MoE export and eager PyTorch, all measured in one run. "
+        "Bundles missing from --bundles are exported first. Writes bench.json, README.md and PNG plots to --out.",
+    )
+    p.add_argument("--bundles", type=Path, default=Path("bundles"), help="directory holding <target>/ bundles (default bundles)")
+    p.add_argument("--target", default="all", choices=[*runtime_targets(), "all"],
+                   help="backend to benchmark; all = every backend with a runtime on this OS (CoreML needs macOS)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="MoE checkpoint the bundles came from (default: shipped)")
+    p.add_argument("--dense-checkpoint", type=Path, default=None,
+                   help="dense twin checkpoint (default: dense.pt beside --checkpoint if present, else the dense twin "
+                   "with fresh weights: latency does not depend on weights)")
+    add_data_dir_argument(p, "parity of bundles exported on demand and as benchmark inputs")
+    p.add_argument("--out", type=Path, default=Path("bench-report"),
+                   help="report directory (default bench-report/; benchmarks/run_all.sh records into benchmarks/results/)")
+    p.add_argument("--threads", type=int, default=1, help="threads per runtime and for eager torch (default 1, like one big phone core)")
+    p.add_argument("--quick", action="store_true", help="few runs, for CI and smoke checks (under two minutes)")
+    p.add_argument("--images", type=int, default=64, help="test images cycled through (different images take different routes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, test, progress: bool) -> dict[str, Path]:
+    from ..export import ExportOptions, export_bundle
+
+    if bundles_dir.exists() and not bundles_dir.is_dir():
+        raise ValueError(f"--bundles {bundles_dir} is a file: pass the directory that holds <target>/ bundles")
+    found = {}
+    for t in targets:
+        path = bundles_dir / t
+        if not (path / "manifest.json").exists():
+            print(f"no {t} bundle in {bundles_dir}: exporting one (parity on 100 images)", file=sys.stderr)
+            export_bundle(ckpt, t, bundles_dir, test.images, test.labels, ExportOptions(parity_images=100, progress=progress))
+        found[t] = path
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    quiet_converters()
+    from ..backends import RunOptions, get_backend, runtime_targets
+    from ..checkpoint import load_checkpoint
+    from ..data import eval_split
+    from ..model import MobileVMoE
+    from .measure import BenchSettings
+    from .report import write_report
+    from .run import check_bundles_match, run_benchmarks
+
+    if args.images < 1 or args.threads < 1:
+        return fail("vmoe-bench", "--threads and --images must be at least 1")
+    targets = runtime_targets() if args.target == "all" else [args.target]
+    try:
+        RunOptions(threads=args.threads)
+        for t in targets:
+            get_backend(t)
+        ckpt = load_checkpoint(args.checkpoint)
+        model = ckpt.build_model()
+        cfg = model.cfg
+        dense_path = args.dense_checkpoint or args.checkpoint.with_name("dense.pt")
+        if args.dense_checkpoint or dense_path.exists():
+            dense = load_checkpoint(dense_path).build_model()
+        else:
+            dense = MobileVMoE(cfg.dense_twin()).eval()
+        test = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
+        bundles = find_or_export_bundles(targets, args.bundles, ckpt, test, not args.quiet)
+        check_bundles_match(bundles, model, str(args.checkpoint))
+        s = BenchSettings.make(args.quick, args.threads)
+        report = run_benchmarks(bundles, model, dense, s, test.images[: args.images], not args.quiet)
+        write_report(report, args.out)
+    except user_errors() as e:
+        return fail("vmoe-bench", str(e))
+    except KeyboardInterrupt:
+        return fail("vmoe-bench", "interrupted; the previous report in --out is untouched")
+    print(f"wrote {args.out}/bench.json, README.md and plots")
+    for target, r in report["ratios"].items():
+        b = report["backends"][target]
+        print(f"{target}: split {b['split']['end_to_end']['median_ms']:.3f} ms | dense twin {b['dense_twin']['median_ms']:.3f} ms "
+              f"(x{r['split_over_dense_twin']:.2f}) | monolithic {b['monolithic']['median_ms']:.3f} ms (x{r['split_over_monolithic']:.2f}) "
+              f"| eager model x{r['split_over_eager_model']:.2f} | cold expert load {b['split']['expert_cold_load']['median_ms']:.2f} ms")
+    return 0

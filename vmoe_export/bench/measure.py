@@ -1,0 +1,110 @@
+"""Timing: the routed bundle end to end and per stage, cold vs warm expert use, single-graph
+baselines on a backend, and eager PyTorch. Batch 1, warm-up then timed runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backends import RunOptions, get_backend
+from ..runtime import BundleRuntime
+from ..split import Graph, run_split, split_model
+from .baselines import monolithic_graph
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    warmup: int = 20
+    runs: int = 300
+    threads: int = 1
+    quick: bool = False
+
+    @classmethod
+    def make(cls, quick: bool, threads: int) -> "BenchSettings":
+        return cls(warmup=5, runs=40, threads=threads, quick=True) if quick else cls(threads=threads)
+
+    @property
+    def run_options(self) -> RunOptions:
+        return RunOptions(threads=self.threads)
+
+
+def stats(ms: list[float]) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()), "n": len(a)}
+
+
+def time_calls(fn, warmup: int, runs: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return stats(out)
+
+
+def bench_bundle(bundle: Path, images: list[np.ndarray], s: BenchSettings) -> dict:
+    """End-to-end and per-stage latency of the routed runtime; cold vs warm expert use."""
+    rt = BundleRuntime(bundle, run=s.run_options)
+    E = rt.num_experts
+    # Warm every expert first so the timed runs measure steady state, whatever the routing.
+    for e in range(E):
+        rt.experts.get(e)
+    n = len(images)
+    for i in range(s.warmup):
+        rt.predict(images[i % n])
+    per_stage: dict[str, list[float]] = {}
+    routed = []
+    for i in range(s.runs):
+        pred = rt.predict(images[i % n])
+        routed.extend(pred.experts)
+        for stage, ms in pred.timings_ms.items():
+            per_stage.setdefault(stage, []).append(ms)
+    # Cold expert load: first use in a fresh cache = checksum + read + runtime init of its L graphs.
+    cold, warm = [], []
+    trials = 1 if s.quick else 3
+    for _ in range(trials):
+        cache = rt.experts.empty_copy()
+        for e in range(E):
+            cold.append(cache.get(e)[1])
+            t0 = time.perf_counter()
+            cache.get(e)
+            warm.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "end_to_end": stats(per_stage.pop("total")),
+        "stages": {k: stats(v) for k, v in per_stage.items()},
+        "shared_load_ms": rt.shared_load_ms,
+        "expert_cold_load": stats(cold),
+        "expert_warm_lookup": stats(warm),
+        "expert_bytes": [rt.expert_bytes(e) for e in range(E)],
+        "routed_histogram": np.bincount(routed, minlength=E).tolist(),
+    }
+
+
+def bench_single_graph(target: str, graph: Graph, x: np.ndarray, s: BenchSettings, workdir: Path) -> dict:
+    """Export one graph with the backend's defaults, then time it on `x`."""
+    backend = get_backend(target)
+    path = workdir / f"{graph.name}{backend.suffix}"
+    t0 = time.perf_counter()
+    backend.export(graph, path, backend.make_options())
+    export_s = time.perf_counter() - t0
+    run = backend.load(path, graph.io(), s.run_options)
+    result = time_calls(lambda: run([x]), s.warmup, s.runs)
+    return {**result, "export_s": export_s, "size_bytes": path.stat().st_size}
+
+
+def bench_eager(model, dense, x: torch.Tensor, s: BenchSettings) -> dict:
+    graphs = split_model(model)
+    mono = monolithic_graph(model).module
+    with torch.no_grad():
+        return {
+            "routed_model": time_calls(lambda: model(x), s.warmup, s.runs),
+            "routed_split": time_calls(lambda: run_split(graphs, model.schedule, x), s.warmup, s.runs),
+            "monolithic": time_calls(lambda: mono(x), s.warmup, s.runs),
+            "dense_twin": time_calls(lambda: dense(x), s.warmup, s.runs),
+        }

@@ -1,0 +1,254 @@
+"""The routed schedule: the one place that knows graph names, the order graphs run in, and the
+arithmetic over them. Everything else (the split, the manifest, the reference composition used by
+parity and golden vectors, the bundle runtime, the monolithic baseline, active FLOPs/params)
+is derived from here.
+
+A schedule is a list of steps, stored as data in every bundle's manifest:
+
+    run        graph: inputs -> outputs               (trunk, router, head)
+    route      k experts from router logits            -> experts, gates
+    moe_layer  attention: tokens -> tokens_out, hidden; then
+               tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden)
+
+`execute` walks those steps over any array type (torch tensors for the reference, numpy
+arrays from a backend's runtime) given a `run(graph, *inputs)` and a `select(router_logits)`.
+A new schedule (say, a fused per-expert path for k=1) is a new step kind and its branch in
+`execute`, not six edits.
+
+This module imports nothing from the package: it is the lowest room.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+TRUNK, ROUTER, HEAD = "trunk", "router", "head"
+ROLES = ("trunk", "router", "attention", "expert", "head")
+
+# Tensor names at the graph boundaries (also the names exported graphs give their inputs and outputs).
+IMAGES, TOKENS, ROUTER_LOGITS, LOGITS = "images", "tokens", "router_logits", "logits"
+TOKENS_OUT, HIDDEN, EXPERT_OUT = "tokens_out", "hidden", "expert_out"
+
+
+def attention_graph(layer: int) -> str:
+    return f"moe{layer}_attn"
+
+
+def expert_graph(layer: int, expert: int) -> str:
+    return f"moe{layer}_e{expert}"
+
+
+def layer_output(layer: int) -> str:
+    """Trace key of the tokens after MoE layer `layer` (parity compares every stage)."""
+    return f"moe{layer}_out"
+
+
+def artifact_relpath(spec: "GraphSpec", suffix: str) -> str:
+    """Where a graph's artifact lives inside a bundle: an expert's graphs share one folder."""
+    if spec.role == "expert":
+        return f"experts/e{spec.expert}/moe{spec.layer}{suffix}"
+    return f"shared/{spec.name}{suffix}"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of the split as the schedule sees it: name, role and tensor names."""
+
+    name: str
+    role: str  # one of ROLES
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    layer: int | None = None
+    expert: int | None = None
+
+
+# ---------------------------------------------------------------- steps
+
+@dataclass(frozen=True)
+class Run:
+    graph: str
+    role: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    logits: str
+    k: int
+
+
+@dataclass(frozen=True)
+class MoELayer:
+    layer: int
+    attention: str
+    experts: tuple[str, ...]  # index = expert id
+
+
+Step = Run | Route | MoELayer
+
+
+class ScheduleError(ValueError):
+    """A schedule description that is malformed or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps: tuple[Step, ...]
+
+    @classmethod
+    def per_layer(cls, num_experts: int, moe_layers: int, top_k: int) -> "Schedule":
+        """The schedule exact for every k: per MoE layer, shared attention then the gate-weighted
+        sum of the routed experts' per-layer graphs. moe_layers=0 gives the dense twin's schedule."""
+        steps: list[Step] = [Run(TRUNK, "trunk", (IMAGES,), (TOKENS,))]
+        if moe_layers:
+            steps += [Run(ROUTER, "router", (TOKENS,), (ROUTER_LOGITS,)), Route(ROUTER_LOGITS, top_k)]
+            steps += [MoELayer(layer, attention_graph(layer), tuple(expert_graph(layer, e) for e in range(num_experts)))
+                      for layer in range(moe_layers)]
+        steps.append(Run(HEAD, "head", (TOKENS,), (LOGITS,)))
+        return cls(tuple(steps))
+
+    # ---- derived facts
+    @property
+    def moe_layers(self) -> list[MoELayer]:
+        return [s for s in self.steps if isinstance(s, MoELayer)]
+
+    @property
+    def num_experts(self) -> int:
+        layers = self.moe_layers
+        return len(layers[0].experts) if layers else 0
+
+    @property
+    def top_k(self) -> int:
+        return next((s.k for s in self.steps if isinstance(s, Route)), 0)
+
+    def graphs(self) -> list[GraphSpec]:
+        """Every graph in the order the schedule first runs it (experts of a layer after its attention)."""
+        out = []
+        for s in self.steps:
+            if isinstance(s, Run):
+                out.append(GraphSpec(s.graph, s.role, s.inputs, s.outputs))
+            elif isinstance(s, MoELayer):
+                out.append(GraphSpec(s.attention, "attention", (TOKENS,), (TOKENS_OUT, HIDDEN), layer=s.layer))
+                out += [GraphSpec(g, "expert", (HIDDEN,), (EXPERT_OUT,), layer=s.layer, expert=e)
+                        for e, g in enumerate(s.experts)]
+        return out
+
+    @property
+    def shared_graphs(self) -> list[str]:
+        return [g.name for g in self.graphs() if g.role != "expert"]
+
+    def expert_graphs(self, expert: int) -> list[str]:
+        """Expert `expert`'s graphs, one per MoE layer: loaded and evicted as one unit."""
+        return [s.experts[expert] for s in self.moe_layers]
+
+    def role_of(self, graph: str) -> str:
+        return next(g.role for g in self.graphs() if g.name == graph)
+
+    # ---- arithmetic over per-graph numbers (FLOPs, parameters, bytes)
+    def expert_total(self, per_graph: Mapping[str, float], expert: int) -> float:
+        return sum(per_graph[g] for g in self.expert_graphs(expert))
+
+    def routed_experts_max(self, per_graph: Mapping[str, float]) -> float:
+        """The most any k experts together can take: the k largest (what one image may need)."""
+        totals = sorted((self.expert_total(per_graph, e) for e in range(self.num_experts)), reverse=True)
+        return sum(totals[: self.top_k])
+
+    def active(self, per_graph: Mapping[str, float]) -> float:
+        """Per image: every shared graph plus k experts (the k largest; all experts are the same size here)."""
+        return sum(per_graph[g] for g in self.shared_graphs) + self.routed_experts_max(per_graph)
+
+    def total(self, per_graph: Mapping[str, float]) -> float:
+        return sum(per_graph[g.name] for g in self.graphs())
+
+    # ---- manifest form
+    def to_json(self) -> list[dict]:
+        out = []
+        for s in self.steps:
+            if isinstance(s, Run):
+                out.append({"op": "run", "graph": s.graph, "role": s.role, "inputs": list(s.inputs), "outputs": list(s.outputs)})
+            elif isinstance(s, Route):
+                out.append({"op": "route", "logits": s.logits, "k": s.k,
+                            "rule": "probs = softmax(logits); experts = top_k(probs), ties to the lower id; "
+                                    "gates = probs[experts], not renormalised"})
+            else:
+                out.append({"op": "moe_layer", "layer": s.layer, "attention": s.attention, "experts": list(s.experts),
+                            "rule": "tokens_out, hidden = attention(tokens); "
+                                    "tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden)"})
+        return out
+
+    @classmethod
+    def from_json(cls, steps: Any) -> "Schedule":
+        if not isinstance(steps, list) or not steps:
+            raise ScheduleError("schedule steps must be a non-empty list")
+        parsed: list[Step] = []
+        for i, s in enumerate(steps):
+            if not isinstance(s, dict):
+                raise ScheduleError(f"schedule step {i} is not an object")
+            try:
+                op = s["op"]
+                if op == "run":
+                    parsed.append(Run(_str(s["graph"]), _str(s["role"]), _strs(s["inputs"]), _strs(s["outputs"])))
+                elif op == "route":
+                    parsed.append(Route(_str(s["logits"]), _int(s["k"])))
+                elif op == "moe_layer":
+                    parsed.append(MoELayer(_int(s["layer"]), _str(s["attention"]), _strs(s["experts"])))
+                else:
+                    raise ScheduleError(f"schedule step {i} has unknown op {op!r}")
+            except KeyError as e:
+                raise ScheduleError(f"schedule step {i} lacks {e}") from None
+            except TypeError as e:
+                raise ScheduleError(f"schedule step {i}: {e}") from None
+        return cls(tuple(parsed))
+
+
+def _str(v) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+def _int(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _strs(v) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list of strings, got {v!r}")
+    return tuple(_str(x) for x in v)
+
+
+# ---------------------------------------------------------------- execution
+
+RunGraph = Callable[..., Sequence[Any]]  # (graph name, *inputs) -> outputs in the graph's order
+Select = Callable[[Any], tuple[Sequence[int], Sequence[Any]]]  # router logits -> (expert ids, gates)
+
+
+def execute(schedule: Schedule, run: RunGraph, select: Select, images, trace: dict | None = None):
+    """Run one image through the schedule; returns its logits. With `trace`, records every stage
+    boundary (trunk tokens, router logits, experts, each MoE layer's output, logits) into it."""
+    env = {IMAGES: images}
+    for step in schedule.steps:
+        if isinstance(step, Run):
+            outs = run(step.graph, *(env[n] for n in step.inputs))
+            for name, value in zip(step.outputs, outs, strict=True):
+                env[name] = value
+                if trace is not None:
+                    trace.setdefault(name, value)  # "tokens": the trunk's, not a later layer's
+        elif isinstance(step, Route):
+            env["experts"], env["gates"] = select(env[step.logits])
+            if trace is not None:
+                trace["experts"], trace["gates"] = list(env["experts"]), list(env["gates"])
+        else:
+            tokens_out, hidden = run(step.attention, env[TOKENS])
+            mixed = tokens_out
+            for e, gate in zip(env["experts"], env["gates"], strict=True):
+                (y,) = run(step.experts[int(e)], hidden)
+                mixed = mixed + gate * y
+            env[TOKENS] = mixed
+            if trace is not None:
+                trace[layer_output(step.layer)] = mixed
+    return env[LOGITS]
