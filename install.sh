@@ -8,7 +8,7 @@ if command -v apt-get >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     need=""
-    for pkg in dataset-fashion-mnist kotlin junit4; do
+    for pkg in dataset-fashion-mnist kotlin junit4 libandroid-json-java; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
     done
     if [ -n "$need" ]; then

@@ -81,3 +81,25 @@ def shipped_bundle(tmp_path_factory):
         return cache[target]
 
     return export
+
+
+def synthetic_test_set(n=40, seed=0):
+    """Random 8x8 uint8 images and labels for the tiny config."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 6, (n,), generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_bundle(tmp_path_factory):
+    """(bundle dir, checkpoint): the tiny config exported to ONNX (the fastest real converter), once per session.
+    Tests copy it before changing anything."""
+    from vmoe_export.export import ExportOptions, export_bundle
+
+    torch.manual_seed(0)
+    cfg = tiny_config(top_k=1)
+    ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(6)], [0, 0, 1, 1, 2, 2])
+    images, labels = synthetic_test_set()
+    out = tmp_path_factory.mktemp("bundles")
+    path, _ = export_bundle(ckpt, "onnx", out, images, labels, ExportOptions(parity_images=40, progress=False),
+                            log=lambda s: None)
+    return path, ckpt

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHIPPED, needs_fmnist, tiny_config
+from conftest import SHIPPED, needs_fmnist, synthetic_test_set, tiny_config
 from vmoe_export.backends import TARGETS, BackendUnavailable, get_backend
 from vmoe_export.bundle import BundleError, read_manifest
 from vmoe_export.checkpoint import load_checkpoint
@@ -76,27 +76,33 @@ def test_select_experts_matches_torch_route():
 # ---- runtime rules, on a tiny model exported to ONNX (the fastest real converter) ----
 
 def _synthetic_test_set(n=40, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 6, (n,), generator=g)
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx_bundle(tmp_path_factory):
-    from vmoe_export.checkpoint import Checkpoint
-
-    torch.manual_seed(0)
-    cfg = tiny_config(top_k=1)
-    ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(6)], [0, 0, 1, 1, 2, 2])
-    images, labels = _synthetic_test_set()
-    out = tmp_path_factory.mktemp("bundles")
-    path, report = export_bundle(ckpt, "onnx", out, images, labels, ExportOptions(parity_images=40, progress=False))
-    return path, ckpt
+    return synthetic_test_set(n, seed)
 
 
 def _copy(bundle, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(bundle, dst)
     return dst
+
+
+def _rewrite(bundle, manifest):
+    """Edit a manifest as a hostile editor would: also drop the manifest.sha256 that would give it away."""
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "manifest.sha256").unlink(missing_ok=True)
+
+
+def test_manifest_edited_after_export_is_caught_by_its_digest(tiny_onnx_bundle, tmp_path):
+    bundle = _copy(tiny_onnx_bundle[0], tmp_path)
+    digest = (bundle / "manifest.sha256").read_text().strip()
+    BundleRuntime(bundle, expect_digest=digest)
+    text = (bundle / "manifest.json").read_text()
+    (bundle / "manifest.json").write_text(text.replace('"created_at"', '"created_at" ', 1))  # one harmless byte
+    with pytest.raises(BundleError, match="does not match manifest.sha256"):
+        BundleRuntime(bundle)
+    (bundle / "manifest.sha256").unlink()
+    BundleRuntime(bundle)  # unpinned: every check below the digest still passes
+    with pytest.raises(BundleError, match="not the pinned"):
+        BundleRuntime(bundle, expect_digest=digest)
 
 
 def test_only_routed_experts_are_loaded(tiny_onnx_bundle):
@@ -158,16 +164,24 @@ def test_escaping_manifest_path_is_refused(tiny_onnx_bundle, tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     for evil in ["../outside.onnx", "/etc/passwd", "experts/../../x.onnx"]:
         manifest["graphs"]["moe0_e0"]["path"] = evil
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
-        with pytest.raises(BundleError, match="escapes|not a relative path"):
+        _rewrite(bundle, manifest)
+        with pytest.raises(BundleError, match="should be 'experts/e0/moe0.onnx'"):
             BundleRuntime(bundle)
+    # The path check under it, on its own (artifact_path uses it too).
+    from vmoe_export.bundle import safe_join
+
+    (tmp_path / "outside.onnx").write_bytes(b"")
+    (bundle / "shared" / "link.onnx").symlink_to(tmp_path / "outside.onnx")
+    for evil in ["../outside.onnx", "/etc/passwd", "experts/../../x.onnx", "shared/link.onnx", "a\\b", ""]:
+        with pytest.raises(BundleError, match="escapes|not a relative path"):
+            safe_join(bundle, evil)
 
 
 def test_missing_expert_in_manifest_is_refused(tiny_onnx_bundle, tmp_path):
     bundle = _copy(tiny_onnx_bundle[0], tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
     del manifest["graphs"]["moe1_e2"]
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite(bundle, manifest)
     with pytest.raises(BundleError, match="lacks graphs moe1_e2"):
         read_manifest(bundle)
 
@@ -183,8 +197,8 @@ def test_schedule_that_disagrees_with_the_model_is_refused(tiny_onnx_bundle, tmp
     bundle = _copy(tiny_onnx_bundle[0], tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
     edit(manifest)
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="schedule does not match its model"):
+    _rewrite(bundle, manifest)
+    with pytest.raises(BundleError, match="schedule does not match its model|but its config says"):
         BundleRuntime(bundle)
 
 

@@ -10,16 +10,21 @@ import hashlib
 import json
 from pathlib import Path
 
-from .schedule import Schedule, ScheduleError
+from . import manifest as schema
+from .backends import REGISTRY, describe
+from .errors import BundleError
+from .schedule import Schedule
 
 SCHEMA = "vmoe-export/bundle"
-# 2: the schedule is stored as data (schedule.steps) and runtimes execute it; 1 had prose steps.
+# 2: the schedule is stored as data (schedule.steps) and runtimes execute it; the manifest is
+# validated against a strict schema and cross-checked against its model config; manifest.sha256.
+# 1: prose schedule steps.
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
+DIGEST = "manifest.sha256"  # sha256 of the exact manifest.json bytes, written by export
+MAX_MANIFEST_BYTES = 16 << 20
 
-
-class BundleError(RuntimeError):
-    """A bundle that is malformed, tampered with, or unsafe to load."""
+__all__ = ["BundleError", "read_manifest", "manifest_digest", "artifact_path", "safe_join", "sha256_of"]
 
 
 def sha256_of(path: Path) -> str:
@@ -58,61 +63,60 @@ def safe_join(root: Path, relative: str) -> Path:
     return target
 
 
-def read_manifest(bundle_dir: Path) -> dict:
+def manifest_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(bundle_dir: Path, expect_digest: str | None = None, require_parity: bool = True) -> dict:
+    """Read, validate and cross-check a bundle's manifest; return it as a dict.
+
+    expect_digest pins the manifest: the sha256 of its exact bytes must equal it (what `vmoe-export`
+    printed, or what an app was built with). Without it everything else is still checked: types and
+    bounds, consistency with the embedded model config, paths inside the bundle, a completed parity.
+    """
     bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir} is not a directory: pass a bundle directory written by vmoe-export (e.g. bundles/onnx)")
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not a vmoe-export bundle (no {MANIFEST}); export one with vmoe-export --target ...")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB: not a vmoe-export manifest")
+    data = path.read_bytes()
+    digest = manifest_digest(data)
+    if expect_digest is not None and digest != expect_digest.strip().lower():
+        raise BundleError(f"{path} has digest {digest[:16]}..., not the pinned {expect_digest.strip()[:16]}...: "
+                          "this is not the bundle you pinned (edited, or another export)")
+    sidecar = bundle_dir / DIGEST
+    if sidecar.is_file() and sidecar.read_text(errors="replace").strip() != digest:
+        raise BundleError(f"{path} does not match {DIGEST}: the manifest was edited after export; re-export the bundle")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON: {e}") from None
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise BundleError(f"{path} is not a vmoe-export manifest (schema is not '{SCHEMA}')")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
-        if isinstance(version, int) and version < SCHEMA_VERSION:
+        target = manifest.get("target") if isinstance(manifest.get("target"), str) else "TARGET"
+        if isinstance(version, int) and not isinstance(version, bool) and version < SCHEMA_VERSION:
             raise BundleError(f"{path} was written by an older vmoe-export (schema_version {version}); this version reads "
-                              f"{SCHEMA_VERSION}: re-export the bundle with vmoe-export --target {manifest.get('target', 'TARGET')}")
+                              f"{SCHEMA_VERSION}: re-export the bundle with vmoe-export --target {target}")
         raise BundleError(f"{path} has schema_version {version!r}; this vmoe-export reads {SCHEMA_VERSION}: upgrade vmoe-export")
-    validate_manifest(manifest, bundle_dir)
+    target = manifest.get("target")
+    if target not in REGISTRY:
+        raise BundleError(f"{path}: target {target!r} is not one of {', '.join(REGISTRY)}")
+    backend = describe(target)
+    m = schema.parse(manifest)
+    schema.check(m, backend.suffix, backend.runtime_unavailable(), require_parity)
+    for entry in manifest["graphs"].values():
+        safe_join(bundle_dir, entry["path"])
     return manifest
 
 
 def manifest_schedule(manifest: dict) -> Schedule:
-    """The schedule a bundle runs: parsed from the manifest's steps."""
-    try:
-        return Schedule.from_json(manifest["schedule"]["steps"])
-    except (KeyError, TypeError):
-        raise BundleError("manifest has no schedule.steps") from None
-    except ScheduleError as e:
-        raise BundleError(f"manifest schedule: {e}") from None
-
-
-def validate_manifest(manifest: dict, bundle_dir: Path) -> None:
-    """Structural checks that do not touch artifact contents (those are checked on load)."""
-    try:
-        graphs = manifest["graphs"]
-        model = manifest["model"]
-        E, L, k = model["num_experts"], model["moe_layers"], model["top_k"]
-    except (KeyError, TypeError) as e:
-        raise BundleError(f"manifest is missing {e}") from None
-    if not isinstance(graphs, dict):
-        raise BundleError("manifest graphs is not an object")
-    if not 1 <= k <= E:
-        raise BundleError(f"manifest top_k {k} is not between 1 and num_experts {E}")
-    schedule = manifest_schedule(manifest)
-    if schedule != Schedule.per_layer(E, L, k):
-        raise BundleError(f"manifest schedule does not match its model (E={E}, L={L}, k={k}); re-export the bundle")
-    missing = [g.name for g in schedule.graphs() if g.name not in graphs]
-    if missing:
-        raise BundleError(f"manifest lacks graphs {', '.join(missing)} (E={E}, L={L})")
-    for name, entry in graphs.items():
-        if not isinstance(entry, dict):
-            raise BundleError(f"graph {name} in the manifest is not an object")
-        safe_join(bundle_dir, entry.get("path"))
-        if not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64:
-            raise BundleError(f"graph {name} has no valid sha256 in the manifest")
+    """The schedule of a manifest that read_manifest accepted."""
+    return Schedule.from_json(manifest["schedule"]["steps"])
 
 
 def artifact_path(bundle_dir: Path, manifest: dict, graph: str) -> Path:
@@ -123,6 +127,9 @@ def artifact_path(bundle_dir: Path, manifest: dict, graph: str) -> Path:
     path = safe_join(bundle_dir, entry["path"])
     if not path.exists():
         raise BundleError(f"artifact {entry['path']} listed in the manifest is missing from {bundle_dir}")
+    if size_of(path) != entry["size_bytes"]:
+        raise BundleError(f"artifact {entry['path']} has {size_of(path)} bytes, the manifest says {entry['size_bytes']}: "
+                          "the bundle was modified or corrupted; re-export it")
     actual = sha256_of(path)
     if actual != entry["sha256"]:
         raise BundleError(

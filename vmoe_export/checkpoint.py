@@ -7,6 +7,8 @@ file cannot execute code.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -14,13 +16,15 @@ from pathlib import Path
 
 import torch
 
+from .errors import VmoeError
 from .model import MODELS_DIR, MobileVMoE, ModelConfig
 
 FORMAT = "vmoe-export/checkpoint"
-FORMAT_VERSION = 1
+# 2: carries a content digest (config, labels, super-classes, tensors), required and verified on load.
+FORMAT_VERSION = 2
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(VmoeError):
     """A checkpoint that cannot be used, with the reason and what to do."""
 
 
@@ -66,16 +70,31 @@ def _umask() -> int:
     return mask
 
 
+def content_digest(config: dict, state_dict: dict, class_names, superclass_of) -> str:
+    """sha256 over everything that defines the model's answers: config, labels, super-classes, every tensor's
+    name, dtype, shape and bytes. Stored in the checkpoint so a one-field edit (say num_heads, which changes
+    no tensor shape) is caught on load; metrics and optimizer state are not part of it."""
+    h = hashlib.sha256(json.dumps({"config": config, "class_names": list(class_names), "superclass_of": superclass_of},
+                                  sort_keys=True).encode())
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": ckpt.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()},
+        "state_dict": state,
         "class_names": list(ckpt.class_names),
         "superclass_of": ckpt.superclass_of,
         "metrics": ckpt.metrics,
         "train_state": ckpt.train_state,
+        "digest": content_digest(ckpt.config.to_dict(), state, ckpt.class_names, ckpt.superclass_of),
     }
     atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
 
@@ -96,9 +115,11 @@ def load_checkpoint(path: Path, expect_config: ModelConfig | None = None) -> Che
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vmoe-export checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {payload.get('format_version')}, this vmoe-export reads {FORMAT_VERSION}"
-        )
+        hint = (": it has no content digest, so it cannot be verified; retrain it with this version of vmoe-train"
+                if payload.get("format_version") == 1 else "")
+        raise CheckpointError(f"{path} has checkpoint format version {payload.get('format_version')!r}, this vmoe-export "
+                              f"reads {FORMAT_VERSION}{hint}")
+    _check_payload(path, payload)
     try:
         config = ModelConfig.from_dict(payload["config"])
     except (ValueError, TypeError) as e:
@@ -118,9 +139,55 @@ def load_checkpoint(path: Path, expect_config: ModelConfig | None = None) -> Che
         metrics=payload.get("metrics") or {},
         train_state=payload.get("train_state"),
     )
-    if len(ckpt.class_names) != config.num_classes:
-        raise CheckpointError(f"{path}: {len(ckpt.class_names)} class names for {config.num_classes} classes")
-    if config.is_moe and ckpt.superclass_of is not None and len(ckpt.superclass_of) != config.num_classes:
-        raise CheckpointError(f"{path}: super-class map has {len(ckpt.superclass_of)} entries for {config.num_classes} classes")
+    if len(ckpt.class_names) != config.num_classes or len(set(ckpt.class_names)) != config.num_classes:
+        raise CheckpointError(f"{path}: {len(ckpt.class_names)} class names for {config.num_classes} classes (they must be distinct)")
+    sc = ckpt.superclass_of
+    if sc is not None and (not config.is_moe or len(sc) != config.num_classes or not all(0 <= s < config.num_experts for s in sc)):
+        raise CheckpointError(f"{path}: super-class map must give each of {config.num_classes} classes an expert id below "
+                              f"{config.num_experts}")
+    _check_shapes(path, ckpt)
+    # Last, so the checks above name what is wrong; this one catches what they cannot see (num_heads edited,
+    # two experts' weights exchanged, a label renamed).
+    if payload["digest"] != _digest_or_none(payload):
+        raise CheckpointError(f"checkpoint {path} does not match its own digest: it was edited or corrupted after "
+                              "vmoe-train wrote it; use the original file")
     ckpt.build_model()  # fail here, with a clear message, if weights and config disagree
     return ckpt
+
+
+def _digest_or_none(p: dict) -> str | None:
+    try:
+        return content_digest(p["config"], p["state_dict"], p["class_names"], p.get("superclass_of"))
+    except (TypeError, ValueError, RuntimeError):  # values json or torch cannot serialise: not what we wrote
+        return None
+
+
+def _check_payload(path: Path, p: dict) -> None:
+    """Keys and types, before anything is built from them."""
+    problems = []
+    if not isinstance(p.get("config"), dict):
+        problems.append("'config' must be a dict")
+    sd = p.get("state_dict")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        problems.append("'state_dict' must map parameter names to tensors")
+    names = p.get("class_names")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+        problems.append("'class_names' must be a list of non-empty strings")
+    sc = p.get("superclass_of")
+    if sc is not None and (not isinstance(sc, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in sc)):
+        problems.append("'superclass_of' must be a list of integers or None")
+    if not isinstance(p.get("metrics") or {}, dict) or not isinstance(p.get("train_state") or {}, dict):
+        problems.append("'metrics' and 'train_state' must be dicts")
+    if not isinstance(p.get("digest"), str):
+        problems.append("'digest' must be the content digest string vmoe-train writes")
+    if problems:
+        raise CheckpointError(f"{path} is not a usable vmoe-export checkpoint: {'; '.join(problems)}")
+
+
+def _check_shapes(path: Path, ckpt: Checkpoint) -> None:
+    """Refuse weights whose total size disagrees with the config before allocating the model."""
+    stored = sum(t.numel() for t in ckpt.state_dict.values())
+    expected = ckpt.config.estimated_params()
+    if stored != expected:
+        raise CheckpointError(f"checkpoint {path}: its weights hold {stored:,} values but config '{ckpt.config.name}' "
+                              f"needs {expected:,}: weights and config do not match")

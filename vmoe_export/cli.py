@@ -7,7 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .clitools import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, add_data_dir_argument, fail, quiet_converters, user_errors
+from .clitools import (DEFAULT_CHECKPOINT, DEFAULT_CONFIG, add_data_dir_argument, fail, interrupt_on_sigterm,
+                       quiet_converters, user_errors)
 from .model import list_configs
 
 
@@ -49,6 +50,7 @@ def train_parser() -> argparse.ArgumentParser:
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     quiet_converters()
+    interrupt_on_sigterm()
     import torch
 
     from .data import load_dataset
@@ -123,18 +125,20 @@ def export_main(argv: list[str] | None = None) -> int:
         return predict_main(argv[1:], prog="vmoe-export run")
     args = export_parser().parse_args(argv)
     quiet_converters()
+    interrupt_on_sigterm()
     if args.parity_images < 1:
         return fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
     from .backends import TARGETS, get_backend
-    from .bundle import read_manifest
+    from .bundle import DIGEST, read_manifest
     from .checkpoint import load_checkpoint
     from .data import eval_split
-    from .export import ExportOptions, export_bundle
+    from .export import ExportOptions, check_output_dir, export_bundle
     from .parity import ParityBounds, ParityError
 
     targets = list(TARGETS) if args.target == "all" else [args.target]
     try:
         backends = [get_backend(t) for t in targets]  # fail before any work when a backend package is missing
+        check_output_dir(args.output)
         ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt.config
         if not cfg.is_moe:
@@ -152,7 +156,9 @@ def export_main(argv: list[str] | None = None) -> int:
                 path, _ = export_bundle(ckpt, t, args.output, test.images, test.labels, options)
                 m = read_manifest(path)
                 total = sum(g["size_bytes"] for g in m["graphs"].values())
-                print(f"{t}: wrote {path} ({total / 1e6:.2f} MB, {len(m['graphs'])} graphs, {m['export_seconds']:.1f}s)")
+                digest = (path / DIGEST).read_text().strip()
+                print(f"{t}: wrote {path} ({total / 1e6:.2f} MB, {len(m['graphs'])} graphs, {m['export_seconds']:.1f}s); "
+                      f"manifest digest {digest} (pin it: vmoe-predict --expect-digest {digest})")
             except ParityError as e:
                 failed.append(str(e))
         if failed:
@@ -179,6 +185,9 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int, default=None, help="keep loaded experts under this many artifact bytes (LRU)")
     p.add_argument("--threads", type=int, default=0,
                    help=f"runtime threads, 1 to {MAX_THREADS} (default 0: the runtime's own choice)")
+    p.add_argument("--expect-digest", default=None, metavar="HEX",
+                   help="refuse the bundle unless the sha256 of its manifest.json is HEX (the digest vmoe-export "
+                   "printed; also in BUNDLE/manifest.sha256)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     return p
 
@@ -186,13 +195,15 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
 def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> int:
     args = predict_parser(prog).parse_args(argv)
     quiet_converters()
+    interrupt_on_sigterm()
     import json
 
     from .backends import RunOptions
     from .runtime import BundleRuntime, preprocess_image
 
     try:
-        rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, RunOptions(threads=args.threads))
+        rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, RunOptions(threads=args.threads),
+                           expect_digest=args.expect_digest)
         m = rt.manifest
         for path in args.images:
             pred = rt.predict(preprocess_image(path, m))
@@ -207,4 +218,6 @@ def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> i
                 print(f"{path}: {name} | routed to {routed} | ms: {stages}")
     except user_errors() as e:
         return fail(prog, str(e))
+    except KeyboardInterrupt:
+        return fail(prog, "interrupted")
     return 0

@@ -13,6 +13,17 @@ DEFAULT_CONFIG = "fmnist-tiny"
 DEFAULT_CHECKPOINT = MODELS_DIR / DEFAULT_CONFIG / "model.pt"
 
 
+def interrupt_on_sigterm() -> None:
+    """Treat SIGTERM (kill, a CI timeout, a container stop) like Ctrl-C: the command cleans up what it was
+    writing, prints one line and exits 2, instead of dying silently mid-write."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def quiet_converters() -> None:
     """Hide the converters' Python-side chatter (deprecations, optional kernels they could not load) so our
     progress and errors stay readable. VMOE_VERBOSE=1 shows it all. Logs printed by native code (TF's oneDNN
@@ -35,12 +46,9 @@ def fail(prog: str, msg: str) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (one `error:` line, exit 2), never a bug."""
-    from .backends import BackendUnavailable
-    from .bundle import BundleError
-    from .checkpoint import CheckpointError
-    from .data import DataError
+    from .errors import VmoeError
 
-    return (DataError, CheckpointError, BundleError, BackendUnavailable, ValueError, FileNotFoundError, FileExistsError)
+    return (VmoeError, ValueError, FileNotFoundError, FileExistsError)
 
 
 def add_data_dir_argument(parser, what: str) -> None:

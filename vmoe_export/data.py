@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import VmoeError
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -23,7 +25,7 @@ FASHION_MNIST_CLASSES = (
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
-class DataError(RuntimeError):
+class DataError(VmoeError):
     """Missing or malformed data, with a message that says how to fix it."""
 
 
@@ -91,12 +93,26 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> Dataset:
     )
 
 
+MAX_IMAGE_PIXELS = 100_000_000  # a 100 MP photo; larger is refused from the header, before decoding
+MAX_ASPECT = 50  # width/height beyond 50:1 is no photo of an object (and resizes to absurd sizes)
+
+
 def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
-    """One image file as uint8 C,H,W, resized (shorter side, then centre crop) to image_size."""
+    """One image file as uint8 C,H,W, resized (shorter side, then centre crop) to image_size.
+    Sizes are checked from the header first: decompression bombs and absurd shapes are refused."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            w, h = img.size
+            if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_ASPECT * min(w, h):
+                raise DataError(f"image {path} is {w}x{h}: refused before decoding (at most {MAX_IMAGE_PIXELS // 10**6} "
+                                f"megapixels and a {MAX_ASPECT}:1 aspect ratio); crop or resize it first")
             img = img.convert("L" if in_chans == 1 else "RGB")
             w, h = img.size
             scale = image_size / min(w, h)
@@ -105,7 +121,9 @@ def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
             left, top = (w - image_size) // 2, (h - image_size) // 2
             img = img.crop((left, top, left + image_size, top + image_size))
             arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"image {path} refused: {e}") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy())

@@ -9,7 +9,9 @@ inspection.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -22,10 +24,11 @@ from tqdm import tqdm
 
 from . import __version__
 from .backends import Backend, get_backend
-from .bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, sha256_of, size_of
+from .bundle import DIGEST, MANIFEST, SCHEMA, SCHEMA_VERSION, manifest_digest, sha256_of, size_of
 from .checkpoint import Checkpoint, atomic_write_bytes
 from .data import preprocess
 from .flops import count_flops
+from .manifest import preprocessing_block, superclass_names
 from .model import count_params
 from .parity import ParityBounds, ParityError, check_bundle, format_report, reference_traces, reject_path, verify_specs
 from .runtime import BundleRuntime
@@ -47,8 +50,7 @@ class ExportOptions:
 def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: dict, backend: Backend,
                    backend_options: Any, options: ExportOptions) -> dict:
     cfg = ckpt.config
-    groups = [[ckpt.class_names[c] for c, sc in enumerate(ckpt.superclass_of or []) if sc == e]
-              for e in range(cfg.num_experts)]
+    groups = superclass_names(list(ckpt.class_names), ckpt.superclass_of, cfg.num_experts)
     params = {name: e["params"] for name, e in entries.items()}
     sizes = {name: e["size_bytes"] for name, e in entries.items()}
     return {
@@ -64,13 +66,7 @@ def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: d
             "params_total": int(schedule.total(params)),
             "params_active": int(schedule.active(params)),
         },
-        "preprocessing": {
-            "image_size": cfg.image_size, "channels": cfg.in_chans,
-            "color": "grayscale" if cfg.in_chans == 1 else "rgb",
-            "resize": "scale shorter side to image_size (bilinear), centre crop",
-            "layout": "NCHW", "scale": 1 / 255, "mean": list(cfg.mean), "std": list(cfg.std),
-            "formula": "x = (pixel / 255 - mean[c]) / std[c]",
-        },
+        "preprocessing": preprocessing_block(cfg),
         "class_names": list(ckpt.class_names),
         "superclass_of_class": ckpt.superclass_of,
         "experts": [
@@ -121,8 +117,71 @@ def _combine_vector(graphs: list[Graph], schedule: Schedule, ref: dict) -> dict:
             "expected": flat(torch.from_numpy(ref[layer_output(layer.layer)]))}
 
 
-def _write_json(path: Path, data) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+def _write_json(path: Path, data) -> bytes:
+    raw = (json.dumps(data, indent=1) + "\n").encode()
+    atomic_write_bytes(path, lambda f: f.write(raw))
+    return raw
+
+
+PARTIAL = ".partial."  # .<target>.partial.<random>/ : a bundle being built
+OWNER = ".owner.json"  # inside a partial directory: which process builds it
+
+
+def _process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (Linux), to tell a live pid from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _claim(partial: Path) -> None:
+    owner = {"pid": os.getpid(), "start": _process_start(os.getpid()), "host": socket.gethostname()}
+    (partial / OWNER).write_text(json.dumps(owner))
+
+
+def _is_dead(partial: Path) -> bool:
+    """True only when the directory's owner file proves its exporter is gone: same host, and no process
+    with that pid and start time. Anything unreadable or ambiguous counts as alive."""
+    try:
+        owner = json.loads((partial / OWNER).read_text())
+        pid, start, host = int(owner["pid"]), owner["start"], owner["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return start is not None and _process_start(pid) not in (None, start)
+
+
+def remove_dead_partials(out_dir: Path, log=print) -> list[Path]:
+    """Remove partial bundles left in out_dir by exports that were killed (SIGKILL, power loss). Only
+    `.<target>.partial.*` directories whose owner file names a process that no longer runs."""
+    removed = []
+    for d in Path(out_dir).glob(f".*{PARTIAL}*"):
+        if d.is_dir() and not d.is_symlink() and _is_dead(d):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+            log(f"removed {d.name}: left by an export that no longer runs")
+    return removed
+
+
+def check_output_dir(out_dir: Path) -> Path:
+    """Refuse an output path that is, or lies below, a regular file: before any work is done."""
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == out_dir else f"lies below the file {p}"
+                raise FileExistsError(f"--output {out_dir} {where}: pass a directory (each target goes to OUTPUT/<target>/)")
+            break
+    return out_dir
 
 
 def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: torch.Tensor, test_labels: torch.Tensor,
@@ -134,11 +193,13 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
     model = ckpt.build_model()
     schedule = model.schedule
     graphs = split_model(model)
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_partials(out_dir, log)
     final = out_dir / target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target}.partial.", dir=out_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target}{PARTIAL}", dir=out_dir))
     try:
+        _claim(tmp)
         t0 = time.time()
         entries = {}
         for g in tqdm(graphs, desc=f"export {target}", disable=not options.progress or None, leave=False):
@@ -162,8 +223,10 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
 
         report = _parity(backend, tmp, manifest, model, graphs, ckpt, test_images, test_labels, options)
         manifest["parity"] = report
-        _write_json(tmp / MANIFEST, manifest)
+        data = _write_json(tmp / MANIFEST, manifest)
+        atomic_write_bytes(tmp / DIGEST, lambda f: f.write((manifest_digest(data) + "\n").encode()))
         log(format_report(target, report))
+        (tmp / OWNER).unlink()
         if report["status"] == "fail":
             rejected = reject_path(out_dir, target)
             shutil.rmtree(rejected, ignore_errors=True)
@@ -182,7 +245,7 @@ def _parity(backend, bundle_dir: Path, manifest: dict, model, graphs, ckpt, imag
         return verify_specs(backend, bundle_dir, manifest, reason)
     n = min(options.parity_images, len(images_u8))
     x = preprocess(images_u8[:n], ckpt.config.mean, ckpt.config.std)
-    runtime = BundleRuntime(bundle_dir)
+    runtime = BundleRuntime(bundle_dir, require_parity=False)  # the bundle being built has no parity yet
     return check_bundle(runtime, model, graphs, x, labels[:n], options.bounds, options.progress)
 
 

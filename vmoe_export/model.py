@@ -13,6 +13,7 @@ weights without renormalisation, so the classification loss also reaches the rou
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -22,10 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import schedule as sched
+from .errors import ConfigError
 
 # models/ sits beside the package in a source checkout (the README installs it editable);
 # VMOE_MODELS_DIR points a non-editable install at a copy of that folder.
 MODELS_DIR = Path(os.environ.get("VMOE_MODELS_DIR") or Path(__file__).resolve().parent.parent / "models")
+
+
+# Bounds checked before anything is allocated: a config (from a checkpoint or a bundle manifest) that
+# names absurd sizes is refused with a message instead of exhausting memory. Generous for mobile ViTs.
+LIMITS = {"image_size": 4096, "in_chans": 4, "patch_size": 512, "num_classes": 100_000, "embed_dim": 4096,
+          "depth": 64, "num_heads": 64, "num_experts": 256}
+MAX_PATCHES = 16_384
+MAX_PARAMS = 200_000_000
+_INT_FIELDS = (*LIMITS, "moe_layers", "top_k")
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,20 @@ class ModelConfig:
     std: tuple[float, ...] = (0.3530,)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [f"{k} must be an integer, got {getattr(self, k)!r}" for k in _INT_FIELDS
+                    if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), int)]
+        problems += [f"{k} must be a number, got {getattr(self, k)!r}" for k in ("mlp_ratio",)
+                     if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float))]
+        if not isinstance(self.name, str):
+            problems.append(f"name must be a string, got {self.name!r}")
+        if problems:
+            raise ConfigError(f"invalid model config: {'; '.join(problems)}")
+        problems += [f"{k} {getattr(self, k)} must be between 1 and {hi}" for k, hi in LIMITS.items()
+                     if not 1 <= getattr(self, k) <= hi]
+        if not 0 < self.mlp_ratio <= 16 or not math.isfinite(self.mlp_ratio):
+            problems.append(f"mlp_ratio {self.mlp_ratio} must be in (0, 16]")
+        if problems:
+            raise ConfigError(f"invalid model config '{self.name}': " + "; ".join(problems))
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -58,8 +82,14 @@ class ModelConfig:
             problems.append(f"top_k {self.top_k} must be between 1 and num_experts {self.num_experts}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             problems.append(f"mean/std need one value per input channel ({self.in_chans})")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or not all(v > 0 for v in self.std):
+            problems.append(f"mean/std must be finite with std > 0 (mean {list(self.mean)}, std {list(self.std)})")
+        if not problems and self.num_patches > MAX_PATCHES:
+            problems.append(f"{self.num_patches} patches exceed {MAX_PATCHES}: use a larger patch_size")
+        if not problems and self.estimated_params() > MAX_PARAMS:
+            problems.append(f"about {self.estimated_params():,} parameters exceed the {MAX_PARAMS:,} this tool builds")
         if problems:
-            raise ValueError(f"invalid model config '{self.name}': " + "; ".join(problems))
+            raise ConfigError(f"invalid model config '{self.name}': " + "; ".join(problems))
 
     @property
     def num_patches(self) -> int:
@@ -73,6 +103,30 @@ class ModelConfig:
     def is_moe(self) -> bool:
         return self.moe_layers > 0
 
+    def estimated_params(self) -> int:
+        """Parameter count from the config alone (exact for MobileVMoE), to refuse a huge model before building it."""
+        D, H, C, E = self.embed_dim, self.mlp_hidden, self.num_classes, self.num_experts
+        attention = 2 * D + 4 * D * D + 4 * D  # norm1, qkv, proj
+        mlp = D * H + H + H * D + D
+        dense_block = attention + 2 * D + mlp
+        moe_block = attention + 2 * D + E * mlp
+        router = (2 * D + D * E + E) if self.moe_layers else 0
+        stem = self.in_chans * self.patch_size**2 * D + D + self.num_patches * D
+        return (stem + (self.depth - self.moe_layers) * dense_block + self.moe_layers * moe_block + router
+                + 2 * D + D * C + C)
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        """Batch-1 shape of a tensor the schedule names."""
+        if name == sched.IMAGES:
+            return (1, self.in_chans, self.image_size, self.image_size)
+        if name in (sched.TOKENS, sched.TOKENS_OUT, sched.HIDDEN, sched.EXPERT_OUT):
+            return (1, self.num_patches, self.embed_dim)
+        if name == sched.ROUTER_LOGITS:
+            return (1, self.num_experts)
+        if name == sched.LOGITS:
+            return (1, self.num_classes)
+        raise KeyError(f"unknown tensor {name!r}")
+
     def dense_twin(self) -> "ModelConfig":
         """The dense ViT with the same active FLOPs (same widths, every block dense)."""
         return replace(self, name=f"{self.name}-dense", moe_layers=0)
@@ -82,14 +136,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown model config keys: {sorted(map(str, unknown))}")
         d = dict(d)
         for key in ("mean", "std"):
             if key in d:
-                d[key] = tuple(float(v) for v in d[key])
+                values = d[key]
+                if not isinstance(values, (list, tuple)) or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                    raise ConfigError(f"model config {key} must be a list of numbers, got {values!r}")
+                d[key] = tuple(float(v) for v in values)
         return cls(**d)
 
 
@@ -109,8 +169,8 @@ def load_config(name_or_path: str) -> ModelConfig:
         )
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"model config {path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"model config {path} is not valid JSON: {e}") from None
     data.setdefault("name", path.stem)
     return ModelConfig.from_dict(data)
 
@@ -271,17 +331,7 @@ class MobileVMoE(nn.Module):
         return sched.Schedule.per_layer(c.num_experts, c.moe_layers, c.top_k)
 
     def tensor_shape(self, name: str) -> tuple[int, ...]:
-        """Batch-1 shape of a tensor the schedule names."""
-        c = self.cfg
-        if name == sched.IMAGES:
-            return (1, c.in_chans, c.image_size, c.image_size)
-        if name in (sched.TOKENS, sched.TOKENS_OUT, sched.HIDDEN, sched.EXPERT_OUT):
-            return (1, c.num_patches, c.embed_dim)
-        if name == sched.ROUTER_LOGITS:
-            return (1, c.num_experts)
-        if name == sched.LOGITS:
-            return (1, c.num_classes)
-        raise KeyError(f"unknown tensor {name!r}")
+        return self.cfg.tensor_shape(name)
 
     def graph_module(self, spec: sched.GraphSpec) -> nn.Module:
         """The module computing one graph of the schedule, holding only that graph's weights."""

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .bundle import safe_join
+from .errors import VmoeError
 from .schedule import Schedule
 from .split import Graph, GraphIO, run_split
 
@@ -31,7 +32,7 @@ class ParityBounds:
     min_routing_agreement: float = 0.995
 
 
-class ParityError(RuntimeError):
+class ParityError(VmoeError):
     """An exported bundle that disagrees with PyTorch beyond the configured bounds."""
 
 

@@ -114,9 +114,9 @@ class BundleRuntime:
     """Executes the schedule stored in a bundle's manifest through the backend's runtime."""
 
     def __init__(self, bundle_dir: Path, max_experts: int | None = None, max_bytes: int | None = None,
-                 run: RunOptions = RunOptions()):
+                 run: RunOptions = RunOptions(), expect_digest: str | None = None, require_parity: bool = True):
         self.dir = Path(bundle_dir)
-        self.manifest = read_manifest(self.dir)
+        self.manifest = read_manifest(self.dir, expect_digest, require_parity)
         self.target = self.manifest["target"]
         self.backend = get_backend(self.target)
         self.run_options = run

@@ -15,13 +15,15 @@ arrays from a backend's runtime) given a `run(graph, *inputs)` and a `select(rou
 A new schedule (say, a fused per-expert path for k=1) is a new step kind and its branch in
 `execute`, not six edits.
 
-This module imports nothing from the package: it is the lowest room.
+This module imports nothing from the package but its error type: it is the lowest room.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
+
+from .errors import VmoeError
 
 TRUNK, ROUTER, HEAD = "trunk", "router", "head"
 ROLES = ("trunk", "router", "attention", "expert", "head")
@@ -89,7 +91,7 @@ class MoELayer:
 Step = Run | Route | MoELayer
 
 
-class ScheduleError(ValueError):
+class ScheduleError(VmoeError, ValueError):
     """A schedule description that is malformed or does not fit the model."""
 
 

@@ -1,3 +1,5 @@
+import java.io.File
+
 plugins {
     id("com.android.application")
     id("org.jetbrains.kotlin.android")
@@ -13,8 +15,14 @@ android {
         targetSdk = 35
         versionCode = 1
         versionName = "0.1.0"
+        // Pin every embedded bundle: the digest vmoe-export wrote beside each manifest is built into the app,
+        // and the core refuses a manifest whose sha256 differs (see BundleStore.open).
+        val pins = file("src/main/assets/bundles").listFiles()
+            ?.filter { File(it, "manifest.sha256").isFile }?.sortedBy { it.name }
+            ?.joinToString(",") { "${it.name}=${File(it, "manifest.sha256").readText().trim()}" } ?: ""
+        buildConfigField("String", "BUNDLE_DIGESTS", "\"$pins\"")
     }
-    buildFeatures { compose = true }
+    buildFeatures { compose = true; buildConfig = true }
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Compile the platform-neutral Kotlin core and run its JUnit tests on the JVM against an exported bundle.
-# Usage: run_tests.sh BUNDLE_DIR   (needs kotlinc and junit4: apt-get install kotlin junit4)
+# Usage: run_tests.sh BUNDLE_DIR   (needs kotlinc, junit4 and org.json: apt-get install kotlin junit4 libandroid-json-java)
 set -euo pipefail
 bundle=$(cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
-cp="/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
-kotlinc -nowarn "$here"/src/main/kotlin/dev/vmoe/core/*.kt -d "$build/core.jar" 2>&1 | grep -v "^warning" || true
+# org.json is part of Android; on a JVM Debian's libandroid-json-java provides the same classes.
+cp="/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar:/usr/share/java/com.android.json.jar"
+kotlinc -nowarn -cp "$cp" "$here"/src/main/kotlin/dev/vmoe/core/*.kt -d "$build/core.jar" 2>&1 | grep -v "^warning" || true
 test -f "$build/core.jar"
 kotlinc -nowarn -cp "$build/core.jar:$cp" "$here"/src/test/kotlin/dev/vmoe/core/*.kt -d "$build/tests.jar" 2>&1 | grep -v "^warning" || true
 test -f "$build/tests.jar"

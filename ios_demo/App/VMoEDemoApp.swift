@@ -23,7 +23,8 @@ final class DemoModel: ObservableObject {
         guard let dir = Foundation.Bundle.main.url(forResource: "bundle", withExtension: nil) else {
             throw ManifestError.invalid("no 'bundle' folder in the app: export one with vmoe-export --target coreml")
         }
-        let m = try RoutedModel(bundle: try VMoECore.Bundle(dir: dir)) { name, entry, url in try CoreMLRunner(name: name, entry: entry, url: url) }
+        guard !pinnedBundleDigest.isEmpty else { throw ManifestError.invalid("no bundle digest was pinned at build time: see ios_demo/README.md step 2") }
+        let m = try RoutedModel(bundle: try VMoECore.Bundle(dir: dir, expectedDigest: pinnedBundleDigest)) { name, entry, url in try CoreMLRunner(name: name, entry: entry, url: url) }
         model = m
         return m
     }
@@ -44,8 +45,8 @@ final class DemoModel: ObservableObject {
                 String(format: "expert %d (gate %.2f): %@", e, g, mf.experts[e].superclass.joined(separator: ", "))
             }.joined(separator: "\n")
             let stages = r.stageMillis.sorted { $0.key < $1.key }.map { String(format: "%@=%.2f", $0.key, $0.value) }.joined(separator: " ")
-            let shared = mf.sharedGraphs.reduce(0) { $0 + (mf.graphs[$1]?.size_bytes ?? 0) }
-            output = "\(label)\nclass: \(mf.class_names[r.classId])\n\(routedText)\nstages ms: \(stages)\n" +
+            let shared = mf.sharedGraphs.reduce(0) { $0 + (mf.graphs[$1]?.sizeBytes ?? 0) }
+            output = "\(label)\nclass: \(mf.classNames[r.classId])\n\(routedText)\nstages ms: \(stages)\n" +
                 String(format: "resident model: %.2f MB, experts loaded: %@", Double(shared + m.experts.residentBytes) / 1e6, "\(m.experts.loaded)")
         } catch { output = "error: \(error)" }
     }
@@ -63,7 +64,7 @@ final class DemoModel: ObservableObject {
             let inputs = try samples().map { $0.1 }
             let fresh = try RoutedModel(bundle: try routed().bundle) { n, e, u in try CoreMLRunner(name: n, entry: e, url: u) }
             var cold: [Double] = []
-            for e in 0..<fresh.bundle.manifest.model.num_experts {
+            for e in 0..<fresh.bundle.manifest.model.numExperts {
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 _ = try fresh.experts.get(e)
                 cold.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
@@ -82,7 +83,7 @@ final class DemoModel: ObservableObject {
 enum ImageInput {
     /// Shorter side to image_size, centre crop, grayscale or RGB bytes, like vmoe_export.data.load_image.
     static func pixels(_ image: UIImage, _ pre: Preprocessing) -> [Float] {
-        let s = pre.image_size
+        let s = pre.imageSize
         let scale = CGFloat(s) / min(image.size.width, image.size.height)
         let w = max(CGFloat(s), (image.size.width * scale).rounded()), h = max(CGFloat(s), (image.size.height * scale).rounded())
         var rgba = [UInt8](repeating: 0, count: s * s * 4)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import VmoeError
 from ..split import Graph, GraphIO
 
 # The registry: module names under vmoe_export.backends, in `--target all` order.
@@ -34,7 +35,7 @@ MAX_THREADS = 256  # bound on --threads for every backend alike (some runtimes c
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(VmoeError):
     """The backend's converter or runtime package is missing, or cannot run on this platform."""
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..clitools import DEFAULT_CHECKPOINT, add_data_dir_argument, fail, quiet_converters, user_errors
+from ..clitools import DEFAULT_CHECKPOINT, add_data_dir_argument, fail, interrupt_on_sigterm, quiet_converters, user_errors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,7 +54,8 @@ def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, test, pr
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_converters()
-    from ..backends import RunOptions, get_backend, runtime_targets
+    interrupt_on_sigterm()
+    from ..backends import MAX_THREADS, RunOptions, get_backend, runtime_targets
     from ..checkpoint import load_checkpoint
     from ..data import eval_split
     from ..model import MobileVMoE
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from .run import check_bundles_match, run_benchmarks
 
     if args.images < 1 or args.threads < 1:
-        return fail("vmoe-bench", "--threads and --images must be at least 1")
+        return fail("vmoe-bench", f"--threads (1 to {MAX_THREADS}) and --images must be at least 1")
     targets = runtime_targets() if args.target == "all" else [args.target]
     try:
         RunOptions(threads=args.threads)

@@ -24,7 +24,7 @@ public final class RoutedModel {
 
     public init(bundle: Bundle, loader: @escaping GraphLoader, maxExperts: Int? = nil, maxBytes: Int? = nil) throws {
         let m = bundle.manifest
-        if let n = maxExperts, n < m.model.top_k { throw ManifestError.invalid("expert budget \(n) is below top_k=\(m.model.top_k)") }
+        if let n = maxExperts, n < m.model.topK { throw ManifestError.invalid("expert budget \(n) is below top_k=\(m.model.topK)") }
         self.bundle = bundle
         func open(_ g: String) throws -> GraphRunner { try loader(g, m.graphs[g]!, try bundle.verifiedArtifact(g)) }
         var s: [String: GraphRunner] = [:]
@@ -53,7 +53,7 @@ public final class RoutedModel {
         var routed: [[String: GraphRunner]] = []
         for step in bundle.manifest.steps {
             switch step {
-            case .run(let graph, let inputs, let outputs):
+            case .run(let graph, _, let inputs, let outputs):
                 let outs = try timed(graph) { try shared[graph]!.run(inputs.map { env[$0]! }) }
                 guard outs.count == outputs.count else { throw ManifestError.invalid("graph \(graph) returned \(outs.count) outputs, the manifest lists \(outputs.count)") }
                 for (name, value) in zip(outputs, outs) { env[name] = value }

@@ -4,7 +4,7 @@ import Foundation
 public enum Routing {
     /// uint8 pixels (C*H*W, channel-major) -> (p / 255 - mean[c]) / std[c].
     public static func preprocess(_ pixels: [UInt8], _ pre: Preprocessing) -> [Float] {
-        let plane = pre.image_size * pre.image_size
+        let plane = pre.imageSize * pre.imageSize
         precondition(pixels.count == plane * pre.channels, "expected \(plane * pre.channels) pixels")
         return pixels.enumerated().map { i, p in
             let c = i / plane

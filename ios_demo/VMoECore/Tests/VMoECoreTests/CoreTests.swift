@@ -44,7 +44,7 @@ final class CoreTests: XCTestCase {
 
     func testExpertSelectionMatchesToolkit() {
         for c in golden.cases {
-            let (ids, gates) = Routing.selectExperts(c.router_logits, k: manifest.model.top_k)
+            let (ids, gates) = Routing.selectExperts(c.router_logits, k: manifest.model.topK)
             XCTAssertEqual(ids, c.experts)
             assertClose(gates, c.gates, accuracy: 1e-6)
         }
@@ -65,15 +65,41 @@ final class CoreTests: XCTestCase {
         let text = try String(contentsOf: bundleDir.appendingPathComponent("manifest.json"))
         let path = manifest.graphs[manifest.expertGraphs(0)[0]]!.path
         XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: "\"\(path)\"", with: "\"../../etc/passwd\"").utf8)))
-        let last = manifest.expertGraphs(manifest.model.num_experts - 1).last!
+        let last = manifest.expertGraphs(manifest.model.numExperts - 1).last!
         XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: "\"\(last)\":", with: "\"renamed\":").utf8)))
+    }
+
+    /// The four one-field edits that printed a wrong class with exit 0 before manifests were cross-checked.
+    func testWrongAnswerEditsAreRejected() throws {
+        let edits: [(inout [String: Any]) -> Void] = [
+            { m in var model = m["model"] as! [String: Any]; model["moe_layers"] = 0; m["model"] = model },
+            { m in var model = m["model"] as! [String: Any]; model["top_k"] = 2; m["model"] = model },
+            { m in var pre = m["preprocessing"] as! [String: Any]; pre["std"] = [0.0]; m["preprocessing"] = pre },
+            { m in
+                var graphs = m["graphs"] as! [String: Any]
+                for (a, b) in zip(self.manifest.expertGraphs(0), self.manifest.expertGraphs(2)) { graphs[b] = graphs[a] }
+                m["graphs"] = graphs
+            },
+        ]
+        let text = try Data(contentsOf: bundleDir.appendingPathComponent("manifest.json"))
+        for edit in edits {
+            var m = try JSONSerialization.jsonObject(with: text) as! [String: Any]
+            edit(&m)
+            XCTAssertThrowsError(try Manifest.parse(try JSONSerialization.data(withJSONObject: m)))
+        }
+    }
+
+    func testPinnedDigestIsEnforced() throws {
+        let digest = try String(contentsOf: bundleDir.appendingPathComponent("manifest.sha256")).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(try Bundle(dir: bundleDir, expectedDigest: digest).digest, digest)
+        XCTAssertThrowsError(try Bundle(dir: bundleDir, expectedDigest: String(repeating: "0", count: 64)))
     }
 
     func testScheduleThatDisagreesWithTheModelIsRejected() throws {
         let text = try String(contentsOf: bundleDir.appendingPathComponent("manifest.json"))
-        let k = manifest.model.top_k
+        let k = manifest.model.topK
         XCTAssertThrowsError(try Manifest.parse(Data(text.replacingOccurrences(of: "\"top_k\": \(k)", with: "\"top_k\": \(k + 1)").utf8)))
-        XCTAssertEqual(Set(manifest.graphs.keys), Set(manifest.sharedGraphs + (0..<manifest.model.num_experts).flatMap { manifest.expertGraphs($0) }))
+        XCTAssertEqual(Set(manifest.graphs.keys), Set(manifest.sharedGraphs + (0..<manifest.model.numExperts).flatMap { manifest.expertGraphs($0) }))
     }
 
     /// Lengths first: zip stops at the shorter array, so a truncated output would otherwise pass.

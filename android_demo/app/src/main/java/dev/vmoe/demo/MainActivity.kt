@@ -23,6 +23,10 @@ import androidx.compose.runtime.setValue
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.unit.dp
 import dev.vmoe.core.Json
+import dev.vmoe.core.arr
+import dev.vmoe.core.int
+import dev.vmoe.core.ints
+import dev.vmoe.core.objects
 import dev.vmoe.core.Preprocessing
 import dev.vmoe.core.RoutedModel
 import dev.vmoe.core.Routing
@@ -96,11 +100,10 @@ class MainActivity : ComponentActivity() {
     /** Bundled samples: the golden test images that vmoe-export writes into every bundle. */
     private fun sampleInputs(): List<Pair<Int, FloatArray>> {
         val bundle = BundleStore.open(this, BundleStore.targets(this).first())
-        val golden = Json.parse(File(bundle.dir, "golden/golden.json").readText()).obj("golden")
-        return golden["cases"].list("cases").map { raw ->
-            val c = raw.obj("case")
-            val px = c["pixels_u8"].list("pixels").map { it.int("px").toByte() }.toByteArray()
-            c["label"].int("label") to Routing.preprocess(px, bundle.manifest.preprocessing)
+        val golden = Json.parse(File(bundle.dir, "golden/golden.json").readText(), "golden.json")
+        return golden.arr("cases", "golden").objects("cases").map { c ->
+            val px = c.arr("pixels_u8", "case").ints("pixels", 0, 255).map { it.toByte() }.toByteArray()
+            c.int("label", "case") to Routing.preprocess(px, bundle.manifest.preprocessing)
         }
     }
 

@@ -1,5 +1,6 @@
 package dev.vmoe.core
 
+import org.json.JSONObject
 import java.io.File
 import java.security.MessageDigest
 
@@ -7,8 +8,8 @@ class ManifestException(message: String) : RuntimeException(message)
 
 data class TensorSpec(val name: String, val shape: List<Int>)
 
-data class GraphEntry(val name: String, val path: String, val sha256: String, val sizeBytes: Long,
-                      val inputs: List<TensorSpec>, val outputs: List<TensorSpec>)
+data class GraphEntry(val name: String, val path: String, val sha256: String, val sizeBytes: Long, val role: String,
+                      val layer: Int?, val expert: Int?, val inputs: List<TensorSpec>, val outputs: List<TensorSpec>)
 
 data class Preprocessing(val imageSize: Int, val channels: Int, val mean: FloatArray, val std: FloatArray)
 
@@ -18,15 +19,16 @@ data class ExpertInfo(val id: Int, val superclass: List<String>, val graphs: Lis
  *  executes these steps; it never builds a graph name itself. */
 sealed class Step {
     /** graph: inputs -> outputs (trunk, router, head). */
-    data class Run(val graph: String, val inputs: List<String>, val outputs: List<String>) : Step()
+    data class Run(val graph: String, val role: String, val inputs: List<String>, val outputs: List<String>) : Step()
     /** experts = top-k of softmax(logits), gates = their probabilities. */
     data class Route(val logits: String, val k: Int) : Step()
     /** tokens_out, hidden = attention(tokens); tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden). */
     data class MoELayer(val layer: Int, val attention: String, val experts: List<String>) : Step()
 }
 
-/** The bundle's manifest.json, validated like vmoe_export.bundle: schema, schedule against E/L/k,
- *  every scheduled graph present, paths inside the bundle. */
+/** The bundle's manifest.json, validated like vmoe_export/manifest.py: strict types and bounds, then every
+ *  field that follows from the embedded model config cross-checked against it (E, L, k, the schedule, each
+ *  graph's role, place and tensor shapes, preprocessing, the expert table, a completed parity). */
 class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val topK: Int,
                val classNames: List<String>, val preprocessing: Preprocessing,
                val graphs: Map<String, GraphEntry>, val experts: List<ExpertInfo>, val steps: List<Step>) {
@@ -43,66 +45,141 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
     companion object {
         const val SCHEMA = "vmoe-export/bundle"
         const val SCHEMA_VERSION = 2
+        val SUFFIX = mapOf("executorch" to ".pte", "coreml" to ".mlpackage", "tflite" to ".tflite", "onnx" to ".onnx")
 
         fun parse(text: String): Manifest {
-            val root = try { Json.parse(text) } catch (e: JsonException) { throw ManifestException("manifest is not valid JSON: ${e.message}") }
-                .obj("manifest")
-            if (root["schema"] != SCHEMA) throw ManifestException("not a vmoe-export manifest (schema is not '$SCHEMA')")
-            val version = root["schema_version"].int("schema_version")
-            if (version < SCHEMA_VERSION)
-                throw ManifestException("bundle written by an older vmoe-export (schema_version $version): re-export it")
-            if (version != SCHEMA_VERSION)
-                throw ManifestException("manifest schema_version $version, this app reads $SCHEMA_VERSION: update the app")
-            val model = root["model"].obj("model")
-            val e = model["num_experts"].int("num_experts")
-            val l = model["moe_layers"].int("moe_layers")
-            val k = model["top_k"].int("top_k")
-            if (k < 1 || k > e) throw ManifestException("top_k $k is not between 1 and num_experts $e")
-            val pre = root["preprocessing"].obj("preprocessing")
-            val graphs = LinkedHashMap<String, GraphEntry>()
-            for ((name, raw) in root["graphs"].obj("graphs")) {
-                val g = raw.obj("graph $name")
-                val path = g["path"].str("graph $name path")
-                checkRelative(path)
-                graphs[name] = GraphEntry(name, path, g["sha256"].str("graph $name sha256"),
-                    (g["size_bytes"] as? Double)?.toLong() ?: 0L, specs(g["inputs"], name), specs(g["outputs"], name))
+            val root = Json.parse(text, "manifest")
+            if (root.opt("schema") != SCHEMA) throw ManifestException("not a vmoe-export manifest (schema is not '$SCHEMA')")
+            val version = root.int("schema_version", "manifest")
+            if (version < SCHEMA_VERSION) throw ManifestException("bundle written by an older vmoe-export (schema_version $version): re-export it")
+            if (version != SCHEMA_VERSION) throw ManifestException("manifest schema_version $version, this app reads $SCHEMA_VERSION: update the app")
+            val target = root.str("target", "manifest")
+            val suffix = SUFFIX[target] ?: throw ManifestException("manifest target '$target' is not one of ${SUFFIX.keys}")
+
+            // The model config is the source of truth; everything else must follow from it.
+            val model = root.obj("model", "manifest")
+            val cfg = model.obj("config", "model")
+            val e = cfg.int("num_experts", "config", 1, 256)
+            val l = cfg.int("moe_layers", "config", 1, 64)
+            val k = cfg.int("top_k", "config", 1, e)
+            val classes = cfg.int("num_classes", "config", 2, 100_000)
+            val size = cfg.int("image_size", "config", 1, 4096)
+            val chans = cfg.int("in_chans", "config", 1, 4)
+            val patch = cfg.int("patch_size", "config", 1, size)
+            val dim = cfg.int("embed_dim", "config", 1, 4096)
+            val mean = cfg.arr("mean", "config").floats("config.mean")
+            val std = cfg.arr("std", "config").floats("config.std")
+            if (size % patch != 0 || mean.size != chans || std.size != chans || std.any { !(it > 0f) || it.isInfinite() } || mean.any { it.isNaN() || it.isInfinite() })
+                throw ManifestException("manifest model.config is inconsistent (image/patch size, mean/std per channel, std > 0)")
+            val patches = (size / patch) * (size / patch)
+            for ((key, want) in listOf("num_experts" to e, "moe_layers" to l, "top_k" to k, "num_classes" to classes)) {
+                val got = model.int(key, "model")
+                if (got != want) throw ManifestException("manifest model.$key is $got but its config says $want: the manifest was edited; re-export the bundle")
             }
-            val steps = root["schedule"].obj("schedule")["steps"].list("schedule steps").map { step(it) }
-            val moe = steps.filterIsInstance<Step.MoELayer>()
-            val routes = steps.filterIsInstance<Step.Route>()
-            if (moe.size != l || moe.any { it.experts.size != e } || routes.size != 1 || routes[0].k != k)
-                throw ManifestException("manifest schedule does not match its model (E=$e, L=$l, k=$k): re-export the bundle")
-            val required = steps.flatMap { s ->
-                when (s) { is Step.Run -> listOf(s.graph); is Step.MoELayer -> listOf(s.attention) + s.experts; else -> emptyList() }
+            val shapes = mapOf("images" to listOf(1, chans, size, size), "tokens" to listOf(1, patches, dim),
+                "tokens_out" to listOf(1, patches, dim), "hidden" to listOf(1, patches, dim), "expert_out" to listOf(1, patches, dim),
+                "router_logits" to listOf(1, e), "logits" to listOf(1, classes))
+
+            val steps = root.obj("schedule", "manifest").arr("steps", "schedule").objects("schedule.steps").map { step(it) }
+            checkSchedule(steps, e, l, k)
+            // Every scheduled graph, with the role, layer, expert and tensors its place in the schedule implies.
+            val expected = LinkedHashMap<String, Triple<String, Pair<Int?, Int?>, Pair<List<String>, List<String>>>>()
+            for (s in steps) when (s) {
+                is Step.Run -> expected[s.graph] = Triple(s.role, Pair(null, null), Pair(s.inputs, s.outputs))
+                is Step.MoELayer -> {
+                    expected[s.attention] = Triple("attention", Pair(s.layer, null), Pair(listOf("tokens"), listOf("tokens_out", "hidden")))
+                    s.experts.forEachIndexed { x, g -> expected[g] = Triple("expert", Pair(s.layer, x), Pair(listOf("hidden"), listOf("expert_out"))) }
+                }
+                is Step.Route -> {}
             }
-            val missing = required.filter { it !in graphs }
+            val rawGraphs = root.obj("graphs", "manifest")
+            val names = rawGraphs.keys().asSequence().toSet()
+            val missing = expected.keys.filter { it !in names }
             if (missing.isNotEmpty()) throw ManifestException("manifest lacks graphs ${missing.joinToString(", ")} (E=$e, L=$l)")
-            val experts = root["experts"].list("experts").map {
-                val x = it.obj("expert")
-                ExpertInfo(x["id"].int("expert id"), x["superclass"].list("superclass").map { s -> s.str("class") },
-                    x["graphs"].list("expert graphs").map { s -> s.str("graph") }, (x["size_bytes"] as? Double)?.toLong() ?: 0L)
+            if (names.size != expected.size) throw ManifestException("manifest lists graphs the schedule never runs: ${(names - expected.keys).sorted()}")
+            val graphs = LinkedHashMap<String, GraphEntry>()
+            val paths = HashSet<String>()
+            for ((name, want) in expected) {
+                val g = rawGraphs.obj(name, "graphs")
+                val path = g.str("path", "graph $name")
+                checkRelative(path)
+                if (!path.endsWith(suffix) || !paths.add(path))
+                    throw ManifestException("graph $name: path '$path' is shared with another graph or is not a $target artifact: re-export the bundle")
+                val layer = if (g.isNull("layer")) null else g.int("layer", "graph $name")
+                val expert = if (g.isNull("expert")) null else g.int("expert", "graph $name")
+                val role = g.str("role", "graph $name")
+                if (role != want.first || Pair(layer, expert) != want.second)
+                    throw ManifestException("graph $name: role/layer/expert ($role, $layer, $expert) should be (${want.first}, ${want.second.first}, ${want.second.second})")
+                val sha = g.str("sha256", "graph $name")
+                if (!Regex("[0-9a-f]{64}").matches(sha)) throw ManifestException("graph $name has no valid sha256")
+                val inputs = specs(g, "inputs", name)
+                val outputs = specs(g, "outputs", name)
+                val wantIo = want.third
+                if (inputs != wantIo.first.map { TensorSpec(it, shapes.getValue(it)) } || outputs != wantIo.second.map { TensorSpec(it, shapes.getValue(it)) })
+                    throw ManifestException("graph $name: inputs/outputs do not follow from the model config")
+                graphs[name] = GraphEntry(name, path, sha, g.int("size_bytes", "graph $name", 1).toLong(), role, layer, expert, inputs, outputs)
             }
-            return Manifest(root["target"].str("target"), e, l, k, root["class_names"].list("class_names").map { it.str("class") },
-                Preprocessing(pre["image_size"].int("image_size"), pre["channels"].int("channels"),
-                    pre["mean"].floats("mean"), pre["std"].floats("std")), graphs, experts, steps)
+
+            val pre = root.obj("preprocessing", "manifest")
+            val preMean = pre.arr("mean", "preprocessing").floats("preprocessing.mean")
+            val preStd = pre.arr("std", "preprocessing").floats("preprocessing.std")
+            if (pre.int("image_size", "preprocessing") != size || pre.int("channels", "preprocessing") != chans ||
+                !preMean.contentEquals(mean) || !preStd.contentEquals(std) || pre.double("scale", "preprocessing") != 1.0 / 255)
+                throw ManifestException("manifest preprocessing does not follow from the model config: the manifest was edited; re-export the bundle")
+            val classNames = root.arr("class_names", "manifest").strings("class_names")
+            if (classNames.size != classes || classNames.toSet().size != classes) throw ManifestException("manifest class_names must be $classes distinct names")
+            val experts = root.arr("experts", "manifest").objects("experts").map {
+                ExpertInfo(it.int("id", "expert"), it.arr("superclass", "expert").strings("superclass"),
+                    it.arr("graphs", "expert").strings("expert graphs"), it.int("size_bytes", "expert").toLong())
+            }
+            val manifest = Manifest(target, e, l, k, classNames, Preprocessing(size, chans, mean, std), graphs, experts, steps)
+            if (experts.size != e || experts.withIndex().any { (i, x) -> x.id != i || x.graphs != manifest.expertGraphs(i) })
+                throw ManifestException("manifest experts table does not follow from the schedule")
+            checkParity(root, graphs.size)
+            return manifest
         }
 
-        private fun step(raw: Any?): Step {
-            val s = raw.obj("schedule step")
-            return when (val op = s["op"].str("step op")) {
-                "run" -> Step.Run(s["graph"].str("graph"), s["inputs"].list("inputs").map { it.str("input") },
-                    s["outputs"].list("outputs").map { it.str("output") })
-                "route" -> Step.Route(s["logits"].str("logits"), s["k"].int("k"))
-                "moe_layer" -> Step.MoELayer(s["layer"].int("layer"), s["attention"].str("attention"),
-                    s["experts"].list("experts").map { it.str("expert graph") })
-                else -> throw ManifestException("unknown schedule step '$op': update the app")
+        private fun step(s: JSONObject): Step = when (val op = s.str("op", "schedule step")) {
+            "run" -> Step.Run(s.str("graph", "step"), s.str("role", "step"), s.arr("inputs", "step").strings("inputs"),
+                s.arr("outputs", "step").strings("outputs"))
+            "route" -> Step.Route(s.str("logits", "step"), s.int("k", "step", 1, 256))
+            "moe_layer" -> Step.MoELayer(s.int("layer", "step", 0, 64), s.str("attention", "step"),
+                s.arr("experts", "step").strings("experts"))
+            else -> throw ManifestException("unknown schedule step '$op': update the app")
+        }
+
+        /** trunk, router, route(k), L MoE layers of E experts each in order, head: the schedule export writes. */
+        private fun checkSchedule(steps: List<Step>, e: Int, l: Int, k: Int) {
+            val bad = ManifestException("manifest schedule does not match its model (E=$e, L=$l, k=$k): re-export the bundle")
+            if (steps.size != 4 + l) throw bad
+            val (trunk, router, route) = Triple(steps[0], steps[1], steps[2])
+            val head = steps.last()
+            if (trunk !is Step.Run || trunk.role != "trunk" || trunk.inputs != listOf("images") || trunk.outputs != listOf("tokens")) throw bad
+            if (router !is Step.Run || router.role != "router" || router.inputs != listOf("tokens") || router.outputs != listOf("router_logits")) throw bad
+            if (route !is Step.Route || route.k != k || route.logits != "router_logits") throw bad
+            if (head !is Step.Run || head.role != "head" || head.inputs != listOf("tokens") || head.outputs != listOf("logits")) throw bad
+            val moe = steps.subList(3, 3 + l)
+            if (moe.withIndex().any { (i, s) -> s !is Step.MoELayer || s.layer != i || s.experts.size != e }) throw bad
+            val names = listOf(trunk.graph, router.graph, head.graph) + moe.flatMap { (it as Step.MoELayer).let { m -> listOf(m.attention) + m.experts } }
+            if (names.toSet().size != names.size) throw ManifestException("manifest schedule names one graph twice: re-export the bundle")
+        }
+
+        private fun checkParity(root: JSONObject, graphCount: Int) {
+            val parity = root.optJSONObject("parity")
+                ?: throw ManifestException("the manifest has no parity result: an unfinished export, not a bundle; export it again")
+            when (parity.opt("status")) {
+                "pass" -> {}
+                "skipped" -> if (parity.opt("spec_verified_graphs") != graphCount)
+                    throw ManifestException("this bundle's parity was skipped without every graph spec-verified; export it again")
+                else -> throw ManifestException("this bundle failed its parity check and was kept only for inspection; do not run it")
             }
         }
 
-        private fun specs(raw: Any?, graph: String): List<TensorSpec> = raw.list("graph $graph tensors").map {
-            val t = it.obj("tensor")
-            TensorSpec(t["name"].str("tensor name"), t["shape"].list("shape").map { d -> d.int("dim") })
-        }
+        private fun specs(g: JSONObject, key: String, graph: String): List<TensorSpec> =
+            g.arr(key, "graph $graph").objects("graph $graph $key").map { t ->
+                if (t.opt("dtype") != "float32") throw ManifestException("graph $graph: only float32 tensors are supported")
+                TensorSpec(t.str("name", "tensor"), t.arr("shape", "tensor").ints("shape", 1))
+            }
 
         /** Refuse absolute paths, backslashes and any '..' segment before touching the file system. */
         fun checkRelative(path: String) {
@@ -112,11 +189,26 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
     }
 }
 
-/** A bundle directory on disk: resolves artifacts inside it and checks their sha256 before use. */
-class Bundle(val dir: File) {
-    val manifest: Manifest = Manifest.parse(File(dir, "manifest.json").also {
-        if (!it.isFile) throw ManifestException("${dir.path} has no manifest.json: not a vmoe-export bundle")
-    }.readText())
+/** A bundle directory on disk. [expectedDigest], when given, pins the manifest: the sha256 of its exact bytes
+ *  (what vmoe-export printed; the demo app is built with the digest of the bundle it embeds). Artifacts are
+ *  resolved inside the bundle and their sha256 checked before use. */
+class Bundle(val dir: File, expectedDigest: String? = null) {
+    val digest: String
+    val manifest: Manifest
+
+    init {
+        val file = File(dir, "manifest.json")
+        if (!file.isFile) throw ManifestException("${dir.path} has no manifest.json: not a vmoe-export bundle")
+        if (file.length() > 16L shl 20) throw ManifestException("${file.path} is too large to be a vmoe-export manifest")
+        val bytes = file.readBytes()
+        digest = Sha256.hex(MessageDigest.getInstance("SHA-256").digest(bytes))
+        if (expectedDigest != null && digest != expectedDigest.trim().toLowerCase())
+            throw ManifestException("manifest digest ${digest.take(16)}... is not the pinned ${expectedDigest.trim().take(16)}...: not the bundle this app was built with")
+        val sidecar = File(dir, "manifest.sha256")
+        if (sidecar.isFile && sidecar.readText().trim() != digest)
+            throw ManifestException("manifest.json does not match manifest.sha256: the manifest was edited after export; re-export the bundle")
+        manifest = Manifest.parse(String(bytes, Charsets.UTF_8))
+    }
 
     fun verifiedArtifact(graph: String): File {
         val entry = manifest.graphs[graph] ?: throw ManifestException("graph '$graph' is not in the manifest")
@@ -159,5 +251,5 @@ object Sha256 {
         return hex(md.digest())
     }
 
-    private fun hex(b: ByteArray) = b.joinToString("") { String.format("%02x", it.toInt() and 0xff) }
+    fun hex(b: ByteArray) = b.joinToString("") { String.format("%02x", it.toInt() and 0xff) }
 }

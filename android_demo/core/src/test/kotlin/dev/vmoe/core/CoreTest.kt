@@ -4,36 +4,39 @@ import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
 import org.junit.Assert.fail
+import org.json.JSONObject
 import org.junit.Test
 import java.io.File
 
 /** Runs against a real bundle exported by vmoe-export: -Dvmoe.bundle=DIR (its golden/golden.json). */
 class CoreTest {
     private val bundleDir = File(System.getProperty("vmoe.bundle") ?: error("set -Dvmoe.bundle=<exported bundle dir>"))
-    private val golden = Json.parse(File(bundleDir, "golden/golden.json").readText()).obj("golden")
-    private val cases = golden["cases"].list("cases").map { it.obj("case") }
+    private val golden = Json.parse(File(bundleDir, "golden/golden.json").readText(), "golden")
+    private val cases = golden.arr("cases", "golden").objects("cases")
+    private val manifestText = File(bundleDir, "manifest.json").readText()
     private val manifest = Bundle(bundleDir).manifest
 
     @Test fun preprocessingMatchesToolkit() {
         for (c in cases) {
-            val pixels = c["pixels_u8"].list("pixels").map { it.int("px").toByte() }.toByteArray()
-            assertArrayEquals(c["input"].floats("input"), Routing.preprocess(pixels, manifest.preprocessing), 1e-5f)
+            val pixels = c.arr("pixels_u8", "case").ints("pixels", 0, 255).map { it.toByte() }.toByteArray()
+            assertArrayEquals(c.arr("input", "case").floats("input"), Routing.preprocess(pixels, manifest.preprocessing), 1e-5f)
         }
     }
 
     @Test fun expertSelectionAndGatesMatchToolkit() {
         for (c in cases) {
-            val (ids, gates) = Routing.selectExperts(c["router_logits"].floats("router_logits"), manifest.topK)
-            assertArrayEquals(c["experts"].list("experts").map { it.int("e") }.toIntArray(), ids)
-            assertArrayEquals(c["gates"].floats("gates"), gates, 1e-6f)
+            val (ids, gates) = Routing.selectExperts(c.arr("router_logits", "case").floats("router_logits"), manifest.topK)
+            assertArrayEquals(c.arr("experts", "case").ints("experts").toIntArray(), ids)
+            assertArrayEquals(c.arr("gates", "case").floats("gates"), gates, 1e-6f)
         }
     }
 
     @Test fun gateMixingMatchesPyTorch() {
-        val v = golden["combine"].obj("combine")
-        val outs = v["expert_outs"].list("expert_outs").map { it.floats("expert_out") }
-        val mixed = Routing.combine(v["attention_out"].floats("attention_out"), outs, v["gates"].floats("gates"))
-        assertArrayEquals(v["expected"].floats("expected"), mixed, 1e-4f)
+        val v = golden.obj("combine", "golden")
+        val raw = v.arr("expert_outs", "combine")
+        val outs = (0 until raw.length()).map { raw.getJSONArray(it).floats("expert_out") }
+        val mixed = Routing.combine(v.arr("attention_out", "combine").floats("attention_out"), outs, v.arr("gates", "combine").floats("gates"))
+        assertArrayEquals(v.arr("expected", "combine").floats("expected"), mixed, 1e-4f)
     }
 
     @Test fun tieBreaksToLowerExpertId() {
@@ -58,13 +61,42 @@ class CoreTest {
     }
 
     @Test fun missingExpertIsRejected() {
-        val text = File(bundleDir, "manifest.json").readText()
         val last = manifest.expertGraphs(manifest.numExperts - 1).last()
-        expectManifestError("lacks graphs $last") { Manifest.parse(text.replace("\"$last\":", "\"renamed\":")) }
+        expectManifestError("lacks graphs $last") { Manifest.parse(manifestText.replace("\"$last\":", "\"renamed\":")) }
+    }
+
+    /** The four one-field edits that printed a wrong class with exit 0 before manifests were cross-checked. */
+    @Test fun wrongAnswerEditsAreRejected() {
+        expectManifestError("model.moe_layers is 0") { Manifest.parse(edited { it.getJSONObject("model").put("moe_layers", 0) }) }
+        expectManifestError("model.top_k is 2") { Manifest.parse(edited { it.getJSONObject("model").put("top_k", 2) }) }
+        expectManifestError("preprocessing does not follow") {
+            Manifest.parse(edited { it.getJSONObject("preprocessing").put("std", org.json.JSONArray(listOf(0.0))) })
+        }
+        val (e0, e2) = Pair(manifest.expertGraphs(0), manifest.expertGraphs(2))
+        expectManifestError("graph ${e2[0]}") {
+            Manifest.parse(edited { m -> val g = m.getJSONObject("graphs"); e0.zip(e2).forEach { (a, b) -> g.put(b, JSONObject(g.getJSONObject(a).toString())) } })
+        }
+    }
+
+    @Test fun wrongTypesAreRejected() {
+        expectManifestError("must be an integer") { Manifest.parse(edited { it.getJSONObject("model").getJSONObject("config").put("top_k", "1") }) }
+        expectManifestError("must be an integer") { Manifest.parse(edited { it.getJSONObject("model").put("top_k", 1.5) }) }
+        expectManifestError("between 1 and 256") { Manifest.parse(edited { it.getJSONObject("model").getJSONObject("config").put("num_experts", 1_000_000_000) }) }
+        expectManifestError("unfinished export") { Manifest.parse(edited { it.remove("parity") }) }
+        expectManifestError("nested too deeply") { Manifest.parse("{\"a\": " + "[".repeat(200_000) + "]".repeat(200_000) + "}") }
+    }
+
+    @Test fun pinnedDigestIsEnforced() {
+        val digest = File(bundleDir, "manifest.sha256").readText().trim()
+        assertEquals(digest, Bundle(bundleDir, digest).digest)
+        expectManifestError("not the pinned") { Bundle(bundleDir, "0".repeat(64)) }
+        val copy = copyBundle()
+        File(copy, "manifest.json").writeText(manifestText.replace("\"created_at\"", "\"created_at\" "))
+        expectManifestError("does not match manifest.sha256") { Bundle(copy) }
     }
 
     @Test fun escapingPathIsRejected() {
-        val text = File(bundleDir, "manifest.json").readText()
+        val text = manifestText
         val path = manifest.graphs.getValue(manifest.expertGraphs(0)[0]).path
         for (evil in listOf("../../etc/passwd", "/etc/passwd", "experts/../../x")) {
             expectManifestError("escapes") { Manifest.parse(text.replace("\"$path\"", "\"$evil\"")) }
@@ -106,11 +138,13 @@ class CoreTest {
     }
 
     @Test fun scheduleThatDisagreesWithTheModelIsRejected() {
-        val text = File(bundleDir, "manifest.json").readText()
-        val k = "\"top_k\": ${manifest.topK}"
-        expectManifestError("does not match its model") { Manifest.parse(text.replace(k, "\"top_k\": ${manifest.topK + 1}")) }
-        expectManifestError("older vmoe-export") { Manifest.parse(text.replace("\"schema_version\": 2", "\"schema_version\": 1")) }
+        expectManifestError("does not match its model") {
+            Manifest.parse(edited { it.getJSONObject("schedule").getJSONArray("steps").getJSONObject(2).put("k", manifest.topK + 1) })
+        }
+        expectManifestError("older vmoe-export") { Manifest.parse(edited { it.put("schema_version", 1) }) }
     }
+
+    private fun edited(change: (JSONObject) -> Unit): String = JSONObject(manifestText).also(change).toString()
 
     @Test fun wrongSchemaIsRejected() {
         expectManifestError("not a vmoe-export manifest") { Manifest.parse("{\"schema\": \"other\"}") }
