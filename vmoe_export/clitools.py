@@ -18,10 +18,18 @@ def interrupt_on_sigterm() -> None:
     writing, prints one line and exits 2, instead of dying silently mid-write."""
     import signal
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    from . import interrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: interrupt.request())
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        # A stop that landed inside a finalizer is swallowed there by Python; interrupt.check() honours it at
+        # the next safe point, so its "Exception ignored in ..." traceback is noise, not a failure.
+        if not (interrupt.requested and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            default_hook(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def quiet_converters() -> None:
@@ -51,7 +59,40 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (VmoeError, ValueError, FileNotFoundError, FileExistsError)
 
 
+def add_model_arguments(parser) -> None:
+    """Which model: a trained checkpoint (default: the shipped one), or any config with its own fresh weights."""
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help=f"MoE checkpoint from vmoe-train (default: the shipped {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--config", default=None,
+                        help="with --random-init: a model config name in models/ or a JSON path (e.g. vit-12x192-moe, "
+                        "the paper's ViT-Tiny MoE at 224 px, E=10)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="use --config with its own initial weights instead of a checkpoint: latency, memory and "
+                        "FLOPs do not depend on trained weights; parity then runs on seeded synthetic images unless "
+                        "--data-dir is given, and everything is labelled 'synthetic: latency only, not accuracy'")
+    parser.add_argument("--seed", type=int, default=0, help="with --random-init: the weight seed (default 0)")
+
+
+def resolve_model(args):
+    """The Checkpoint the arguments name (see add_model_arguments), or a ValueError naming the fix."""
+    from .checkpoint import load_checkpoint, random_checkpoint
+    from .model import load_config
+
+    if args.random_init:
+        if args.checkpoint is not None:
+            raise ValueError("--random-init builds fresh weights from --config, so it takes no --checkpoint: "
+                             "drop one of the two")
+        if args.config is None:
+            raise ValueError("--random-init needs --config NAME|FILE (e.g. --config vit-12x192-moe)")
+        return random_checkpoint(load_config(args.config), args.seed)
+    if args.config is not None:
+        raise ValueError("--config without --random-init: a checkpoint carries its own config; add --random-init "
+                         "to use this config with fresh weights, or pass --checkpoint")
+    return load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
+
+
 def add_data_dir_argument(parser, what: str) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"ImageFolder dataset (DIR/test/<class>/*) whose test images are used for {what} "
-                        "(default: the Fashion-MNIST test set, for checkpoints trained on it)")
+                        "(default: the Fashion-MNIST test set for checkpoints trained on it; seeded synthetic images "
+                        "with --random-init)")

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, interrupt
 from .backends import Backend, get_backend
 from .bundle import DIGEST, MANIFEST, SCHEMA, SCHEMA_VERSION, manifest_digest, sha256_of, size_of
 from .checkpoint import Checkpoint, atomic_write_bytes
@@ -45,6 +45,9 @@ class ExportOptions:
     # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="int8")}); a target without
     # an entry uses its backend's defaults.
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    # What the test images are, recorded in the manifest (synthetic images say: latency only, not accuracy).
+    eval_data: Mapping[str, str] = field(default_factory=lambda: {"kind": "unspecified",
+                                                                  "description": "images passed to export_bundle"})
 
 
 def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: dict, backend: Backend,
@@ -77,6 +80,7 @@ def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: d
         "schedule": {"kind": "per-layer", "batch_size": 1, "steps": schedule.to_json()},
         "graphs": entries,
         "golden": "golden/golden.json" if options.golden_images else None,
+        "eval_data": dict(options.eval_data),
     }
 
 
@@ -203,6 +207,7 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
         t0 = time.time()
         entries = {}
         for g in tqdm(graphs, desc=f"export {target}", disable=not options.progress or None, leave=False):
+            interrupt.check()
             rel = artifact_relpath(g.spec, backend.suffix)
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,10 +227,15 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
         _write_json(tmp / MANIFEST, manifest)
 
         report = _parity(backend, tmp, manifest, model, graphs, ckpt, test_images, test_labels, options)
+        report["data"] = options.eval_data["description"]
+        if options.eval_data["kind"] == "synthetic":  # noise images have no labels: accuracy would mean nothing
+            for key in ("top1_accuracy_backend", "top1_accuracy_torch"):
+                report.pop(key, None)
         manifest["parity"] = report
         data = _write_json(tmp / MANIFEST, manifest)
         atomic_write_bytes(tmp / DIGEST, lambda f: f.write((manifest_digest(data) + "\n").encode()))
         log(format_report(target, report))
+        interrupt.check()  # never publish after a stop request, even one an exception handler swallowed
         (tmp / OWNER).unlink()
         if report["status"] == "fail":
             rejected = reject_path(out_dir, target)

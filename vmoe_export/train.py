@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import interrupt
 from .checkpoint import Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 from .data import Dataset, Split, augment, holdout_split, preprocess
 from .model import MobileVMoE, ModelConfig, count_params, active_params, route
@@ -174,6 +175,7 @@ def _train_stage(
         bar = tqdm(range(steps_per_epoch), desc=f"{stage} epoch {epoch + 1}/{epochs}", disable=rank != 0 or None,
                    leave=False, file=sys.stderr)
         for i in bar:
+            interrupt.check()
             idx = shard[i]
             images = data.images[idx]
             if cfg.augment:
