@@ -141,3 +141,65 @@ def test_train_resume_with_mismatched_config(tmp_path, image_folder):
     assert r.returncode == 2 and "different model config" in _error_line(r) and "embed_dim" in _error_line(r)
     assert (tmp_path / "o" / ".state" / "dense.pt").read_bytes() == before
     assert not (tmp_path / "o" / "model.pt").exists()
+
+
+# ---- any model, any data (issue 10): --config + --random-init, synthetic images labelled as such
+
+def _in_process(main, argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_random_init_export_is_labelled_synthetic(tmp_path, capsys):
+    import json
+
+    from conftest import tiny_config
+    from vmoe_export.bundle import read_manifest
+    from vmoe_export.cli import export_main
+
+    cfg = tmp_path / "rgb.json"
+    cfg.write_text(json.dumps(tiny_config(name="rgb-tiny", image_size=16, in_chans=3, mean=(0.5,) * 3, std=(0.25,) * 3).to_dict()))
+    code = export_main(["--target", "onnx", "--config", str(cfg), "--random-init", "--output", str(tmp_path / "b"),
+                        "--parity-images", "20", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "[synthetic: latency only, not accuracy]" in out and "% (torch" not in out  # no accuracy figure
+    m = read_manifest(tmp_path / "b" / "onnx")
+    assert m["eval_data"]["kind"] == "synthetic" and m["parity"]["data"] == "synthetic: latency only, not accuracy"
+    assert m["model"]["config"]["image_size"] == 16 and m["class_names"][0] == "class 0"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "no-such-config", "--random-init"], "known configs"),
+    (["--config", "vit-12x192-moe", "--random-init", "--checkpoint", "x.pt"], "takes no --checkpoint"),
+    (["--config", "vit-12x192-moe"], "--config without --random-init"),
+    (["--random-init"], "needs --config"),
+])
+def test_model_choice_errors_are_one_line(tmp_path, capsys, args, message):
+    from vmoe_export.bench.cli import main as bench_main
+    from vmoe_export.cli import export_main
+
+    for main, prog in ((export_main, "vmoe-export"), (bench_main, "vmoe-bench")):
+        extra = ["--target", "onnx", "--output", str(tmp_path / "b")] if prog == "vmoe-export" else \
+            ["--target", "onnx", "--bundles", str(tmp_path / "b"), "--out", str(tmp_path / "r")]
+        code, err = _in_process(main, [*args, *extra], capsys)
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"{prog}: error:") and message in err[0], err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "r").exists()
+
+
+def test_data_dir_that_does_not_fit_the_config(tmp_path, capsys, image_folder):
+    from vmoe_export.cli import export_main
+
+    code, err = _in_process(export_main, ["--target", "onnx", "--config", "vit-12x192-moe", "--random-init",
+                                          "--data-dir", str(image_folder), "--output", str(tmp_path / "b")], capsys)
+    assert code == 2 and len(err) == 1 and "holds grayscale images" in err[0] and "takes colour input" in err[0]
+    from PIL import Image
+
+    small = tmp_path / "small"
+    for split in ("train", "test"):
+        (small / split / "a").mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(small / split / "a" / "0.png")
+    code, err = _in_process(export_main, ["--target", "onnx", "--config", "vit-12x192-moe", "--random-init",
+                                          "--data-dir", str(small), "--output", str(tmp_path / "b")], capsys)
+    assert code == 2 and "upscaled over 2x" in err[0]
+    assert not (tmp_path / "b").exists()

@@ -47,6 +47,19 @@ class Checkpoint:
         return model.eval()
 
 
+SYNTHETIC = "synthetic"  # the `dataset` of a random-init checkpoint: no real data behind it
+
+
+def random_checkpoint(config: ModelConfig, seed: int = 0) -> Checkpoint:
+    """A checkpoint with the model's own initial weights: for latency, memory and FLOPs, which do not depend
+    on trained weights. Its metrics say so, and exports from it are labelled synthetic."""
+    torch.manual_seed(seed)
+    model = MobileVMoE(config)
+    names = [f"class {i}" for i in range(config.num_classes)]
+    return Checkpoint(config, model.state_dict(), names, None,
+                      metrics={"dataset": SYNTHETIC, "random_init": True, "seed": seed})
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Call write(fileobj) on a temp file next to `path`, then rename it into place."""
     path = Path(path)

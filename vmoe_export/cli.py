@@ -7,8 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .clitools import (DEFAULT_CHECKPOINT, DEFAULT_CONFIG, add_data_dir_argument, fail, interrupt_on_sigterm,
-                       quiet_converters, user_errors)
+from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, fail, interrupt_on_sigterm,
+                       quiet_converters, resolve_model, user_errors)
 from .model import list_configs
 
 
@@ -103,8 +103,7 @@ def export_parser() -> argparse.ArgumentParser:
         "`vmoe-export run --bundle DIR IMAGE...` (see `vmoe-export run --help`).",
     )
     p.add_argument("--target", required=True, choices=[*TARGETS, "all"], help="backend to export to, or all four")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                   help=f"MoE checkpoint from vmoe-train (default: the shipped {DEFAULT_CHECKPOINT})")
+    add_model_arguments(p)
     p.add_argument("--output", type=Path, default=Path("bundles"), help="output directory; each target goes to OUTPUT/<target>/ (default bundles)")
     add_data_dir_argument(p, "parity and golden vectors")
     p.add_argument("--parity-images", type=int, default=o.parity_images, help=f"test images for the parity report (default {o.parity_images}, min 1)")
@@ -130,7 +129,6 @@ def export_main(argv: list[str] | None = None) -> int:
         return fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
     from .backends import TARGETS, get_backend
     from .bundle import DIGEST, read_manifest
-    from .checkpoint import load_checkpoint
     from .data import eval_split
     from .export import ExportOptions, check_output_dir, export_bundle
     from .parity import ParityBounds, ParityError
@@ -139,12 +137,15 @@ def export_main(argv: list[str] | None = None) -> int:
     try:
         backends = [get_backend(t) for t in targets]  # fail before any work when a backend package is missing
         check_output_dir(args.output)
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = resolve_model(args)
         cfg = ckpt.config
         if not cfg.is_moe:
-            raise ValueError(f"{args.checkpoint} is a dense model: export an MoE checkpoint (model.pt from vmoe-train)")
-        test = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
+            raise ValueError(f"model '{cfg.name}' is dense (moe_layers=0): export an MoE checkpoint (model.pt from "
+                             "vmoe-train) or an MoE config")
+        data = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
+        test = data.split
         options = ExportOptions(
+            eval_data={"kind": data.kind, "description": data.description},
             parity_images=args.parity_images,
             bounds=ParityBounds(args.max_logit_diff, args.min_top1_agreement, args.min_routing_agreement),
             golden_images=args.golden_images, progress=not args.quiet,

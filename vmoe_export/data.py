@@ -182,15 +182,66 @@ def _check_shape(ds: Dataset, image_size: int, in_chans: int) -> Dataset:
     return ds
 
 
-def eval_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans: int) -> Split:
-    """Held-out test images for parity and benchmarks: the ImageFolder's test/ split when given, else
-    Fashion-MNIST's test set, which only fits a model trained on Fashion-MNIST."""
+@dataclass
+class EvalData:
+    """Images parity and benchmarks run on, and what they are (recorded in manifests and reports)."""
+
+    split: Split
+    kind: str  # fashion-mnist | imagefolder | synthetic
+    description: str
+
+
+SYNTHETIC_NOTE = "synthetic: latency only, not accuracy"
+
+
+def synthetic_split(image_size: int, in_chans: int, n: int = 500, seed: int = 0) -> Split:
+    """Seeded uniform-noise images of the model's input shape, for models with no data (random init)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, in_chans, image_size, image_size), generator=g, dtype=torch.uint8)
+    return Split(images, torch.zeros(n, dtype=torch.int64))
+
+
+def eval_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans: int) -> EvalData:
+    """Held-out images for parity and benchmarks: the ImageFolder's test/ split when given; else
+    Fashion-MNIST's test set for a model trained on it; else, for a random-init model, seeded
+    synthetic images (good for latency and numerical parity, meaningless for accuracy)."""
     if data_dir is not None:
-        return _check_shape(load_image_folder(Path(data_dir), image_size, in_chans, train=False), image_size, in_chans).test
+        check_folder_fits(Path(data_dir), image_size, in_chans)
+        ds = _check_shape(load_image_folder(Path(data_dir), image_size, in_chans, train=False), image_size, in_chans)
+        return EvalData(ds.test, "imagefolder", f"ImageFolder {Path(data_dir).name}: {len(ds.test)} test images")
+    if trained_on == "synthetic":
+        return EvalData(synthetic_split(image_size, in_chans), "synthetic", SYNTHETIC_NOTE)
     if trained_on != "fashion-mnist":
         raise DataError(f"the checkpoint was trained on {trained_on}: pass --data-dir with its ImageFolder dataset "
                         "(its test/ images are used)")
-    return _check_shape(load_fashion_mnist(), image_size, in_chans).test
+    ds = _check_shape(load_fashion_mnist(), image_size, in_chans)
+    return EvalData(ds.test, "fashion-mnist", "Fashion-MNIST test set (10,000 images)")
+
+
+def check_folder_fits(root: Path, image_size: int, in_chans: int, sample: int = 8) -> None:
+    """Refuse an ImageFolder whose images cannot be the model's input: grayscale images for an RGB model
+    (or colour for a grayscale one), or images under half the model's input size (upscaled noise).
+    Reads only the headers of the first few images of each class."""
+    from PIL import Image
+
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if test_dir is None:
+        return  # load_image_folder names the problem
+    for class_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:sample]:
+            try:
+                with Image.open(path) as img:
+                    (w, h), mode = img.size, img.mode
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue  # unreadable: reported when loaded
+            chans = 1 if mode in ("L", "LA", "I", "I;16", "F", "1") else 3
+            if chans != in_chans:
+                kind = {1: "grayscale", 3: "colour"}
+                raise DataError(f"--data-dir {root} holds {kind[chans]} images ({path.name}: mode {mode}) but the model "
+                                f"takes {kind.get(in_chans, in_chans)} input: pick the matching --config or data")
+            if min(w, h) * 2 < image_size:
+                raise DataError(f"--data-dir {root} holds {w}x{h} images ({path.name}) but the model takes "
+                                f"{image_size}x{image_size}: they would be upscaled over 2x; pick the matching --config or data")
 
 
 def holdout_split(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -89,6 +89,11 @@ class ScheduleBlock(_Strict):
     steps: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_GRAPHS)]
 
 
+class EvalData(_Strict):
+    kind: Literal["fashion-mnist", "imagefolder", "synthetic", "unspecified"]
+    description: Annotated[str, StringConstraints(max_length=MAX_NAME)]
+
+
 class Parity(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
     status: Literal["pass", "skipped", "fail"]
@@ -112,6 +117,7 @@ class Manifest(_Strict):
     graphs: Annotated[dict[Name, GraphEntry], Field(max_length=MAX_GRAPHS)]
     golden: Annotated[str, StringConstraints(max_length=1024)] | None
     export_seconds: Annotated[float, Field(ge=0)]
+    eval_data: EvalData
     parity: Parity | None = None
 
 

@@ -127,8 +127,12 @@ def format_report(target: str, report: dict) -> str:
     stages = ", ".join(f"{k} {v:.1e}" for k, v in report["stage_max_abs_diff"].items())
     line = (f"{target}: parity {report['status'].upper()} on {report['images']} test images: "
             f"logits max|diff| {report['logits_max_abs_diff']:.2e}, top-1 agreement {100 * report['top1_agreement']:.2f}%, "
-            f"routing agreement {100 * report['routing_agreement']:.2f}%, accuracy {100 * report['top1_accuracy_backend']:.2f}% "
-            f"(torch {100 * report['top1_accuracy_torch']:.2f}%); per stage: {stages}")
+            f"routing agreement {100 * report['routing_agreement']:.2f}%, "
+            + (f"accuracy {100 * report['top1_accuracy_backend']:.2f}% (torch {100 * report['top1_accuracy_torch']:.2f}%); "
+               if "top1_accuracy_backend" in report else "")
+            + f"per stage: {stages}")
+    if "data" in report:
+        line += f" [{report['data']}]"
     if report.get("failures"):
         line += "\n  failed: " + "; ".join(report["failures"])
     return line

@@ -69,6 +69,8 @@ class Backend:
     check_artifact: Callable[[Path, GraphIO], None] | None = None  # structural check without running
     add_arguments: Callable[[argparse._ArgumentGroup], None] | None = None  # its CLI flags
     options_from_args: Callable[[argparse.Namespace], Any] | None = None
+    # Loads the runtime library itself (no model): its fixed cost, which memory measurements leave out.
+    start_runtime: Callable[[], None] = lambda: None
 
     def versions(self) -> dict[str, str]:
         return {d: package_version(d) for d in ("torch", *self.distributions)}

@@ -123,5 +123,5 @@ def load(path: Path, io: GraphIO, run: RunOptions):
 BACKEND = Backend(
     "coreml", ".mlpackage", distributions=("coremltools",), modules=("coremltools",), export=export, load=load,
     options=CoreMLOptions, runtime_unavailable=runtime_unavailable, check_artifact=check_artifact,
-    add_arguments=add_arguments, options_from_args=options_from_args,
+    add_arguments=add_arguments, options_from_args=options_from_args, start_runtime=_ct,
 )

@@ -48,4 +48,10 @@ def load(path: Path, io: GraphIO, run: RunOptions):
     return runner
 
 
-BACKEND = Backend("executorch", ".pte", distributions=("executorch",), modules=("executorch",), export=export, load=load)
+def start_runtime() -> None:
+    from executorch.runtime import Runtime
+
+    Runtime.get()
+
+BACKEND = Backend("executorch", ".pte", distributions=("executorch",), modules=("executorch",), export=export, load=load,
+                  start_runtime=start_runtime)

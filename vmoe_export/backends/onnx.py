@@ -36,5 +36,9 @@ def load(path: Path, io: GraphIO, run: RunOptions):
     return runner
 
 
+def start_runtime() -> None:
+    import onnxruntime  # noqa: F401
+
 BACKEND = Backend("onnx", ".onnx", distributions=("onnx", "onnxscript", "onnxruntime"),
-                  modules=("onnx", "onnxscript", "onnxruntime"), export=export, load=load)
+                  modules=("onnx", "onnxscript", "onnxruntime"), export=export, load=load,
+                  start_runtime=start_runtime)

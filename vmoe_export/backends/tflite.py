@@ -45,5 +45,9 @@ def _position(name: str) -> int:
     return int(name.rsplit("_", 1)[-1])
 
 
+def start_runtime() -> None:
+    from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+
 BACKEND = Backend("tflite", ".tflite", distributions=("litert-torch", "ai-edge-litert"),
-                  modules=("litert_torch", "ai_edge_litert"), export=export, load=load)
+                  modules=("litert_torch", "ai_edge_litert"), export=export, load=load,
+                  start_runtime=start_runtime)

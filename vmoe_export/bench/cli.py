@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..clitools import DEFAULT_CHECKPOINT, add_data_dir_argument, fail, interrupt_on_sigterm, quiet_converters, user_errors
+from ..clitools import (add_data_dir_argument, add_model_arguments, fail, interrupt_on_sigterm, quiet_converters,
+                        resolve_model, user_errors)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bundles", type=Path, default=Path("bundles"), help="directory holding <target>/ bundles (default bundles)")
     p.add_argument("--target", default="all", choices=[*runtime_targets(), "all"],
                    help="backend to benchmark; all = every backend with a runtime on this OS (CoreML needs macOS)")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="MoE checkpoint the bundles came from (default: shipped)")
+    add_model_arguments(p)
     p.add_argument("--dense-checkpoint", type=Path, default=None,
                    help="dense twin checkpoint (default: dense.pt beside --checkpoint if present, else the dense twin "
                    "with fresh weights: latency does not depend on weights)")
@@ -36,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, test, progress: bool) -> dict[str, Path]:
+def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, data, progress: bool) -> dict[str, Path]:
     from ..export import ExportOptions, export_bundle
 
     if bundles_dir.exists() and not bundles_dir.is_dir():
@@ -46,7 +47,9 @@ def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, test, pr
         path = bundles_dir / t
         if not (path / "manifest.json").exists():
             print(f"no {t} bundle in {bundles_dir}: exporting one (parity on 100 images)", file=sys.stderr)
-            export_bundle(ckpt, t, bundles_dir, test.images, test.labels, ExportOptions(parity_images=100, progress=progress))
+            options = ExportOptions(parity_images=100, progress=progress,
+                                    eval_data={"kind": data.kind, "description": data.description})
+            export_bundle(ckpt, t, bundles_dir, data.split.images, data.split.labels, options)
         found[t] = path
     return found
 
@@ -57,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     interrupt_on_sigterm()
     from ..backends import MAX_THREADS, RunOptions, get_backend, runtime_targets
     from ..checkpoint import load_checkpoint
+    from ..clitools import DEFAULT_CHECKPOINT
     from ..data import eval_split
     from ..model import MobileVMoE
     from .measure import BenchSettings
     from .report import write_report
     from .run import check_bundles_match, run_benchmarks
+    import torch
 
     if args.images < 1 or args.threads < 1:
         return fail("vmoe-bench", f"--threads (1 to {MAX_THREADS}) and --images must be at least 1")
@@ -70,25 +75,29 @@ def main(argv: list[str] | None = None) -> int:
         RunOptions(threads=args.threads)
         for t in targets:
             get_backend(t)
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = resolve_model(args)
         model = ckpt.build_model()
         cfg = model.cfg
-        dense_path = args.dense_checkpoint or args.checkpoint.with_name("dense.pt")
-        if args.dense_checkpoint or dense_path.exists():
+        source = f"--config {args.config} --random-init" if args.random_init else str(args.checkpoint or DEFAULT_CHECKPOINT)
+        dense_path = args.dense_checkpoint or (None if args.random_init else (args.checkpoint or DEFAULT_CHECKPOINT).with_name("dense.pt"))
+        if args.dense_checkpoint or (dense_path is not None and dense_path.exists()):
             dense = load_checkpoint(dense_path).build_model()
         else:
+            torch.manual_seed(args.seed)
             dense = MobileVMoE(cfg.dense_twin()).eval()
-        test = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
-        bundles = find_or_export_bundles(targets, args.bundles, ckpt, test, not args.quiet)
-        check_bundles_match(bundles, model, str(args.checkpoint))
+        data = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
+        bundles = find_or_export_bundles(targets, args.bundles, ckpt, data, not args.quiet)
+        check_bundles_match(bundles, model, source)
         s = BenchSettings.make(args.quick, args.threads)
-        report = run_benchmarks(bundles, model, dense, s, test.images[: args.images], not args.quiet)
+        report = run_benchmarks(bundles, model, dense, s, data.split.images[: args.images], not args.quiet)
+        report["data"] = {"kind": data.kind, "description": data.description}
         write_report(report, args.out)
     except user_errors() as e:
         return fail("vmoe-bench", str(e))
     except KeyboardInterrupt:
         return fail("vmoe-bench", "interrupted; the previous report in --out is untouched")
-    print(f"wrote {args.out}/bench.json, README.md and plots")
+    print(f"wrote {args.out}/bench.json, README.md and plots ({cfg.name}, E={cfg.num_experts}, k={cfg.top_k}, "
+          f"{cfg.image_size} px; inputs: {data.description}; ratios are measured in this one run)")
     for target, r in report["ratios"].items():
         b = report["backends"][target]
         print(f"{target}: split {b['split']['end_to_end']['median_ms']:.3f} ms | dense twin {b['dense_twin']['median_ms']:.3f} ms "

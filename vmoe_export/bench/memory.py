@@ -26,7 +26,8 @@ def probe(bundle: str) -> dict:
     from ..bundle import read_manifest
     from ..runtime import BundleRuntime
 
-    get_backend(read_manifest(Path(bundle))["target"])  # import the runtime before the baseline reading
+    # The runtime library's own footprint is not the bundle's: load it before the baseline reading.
+    get_backend(read_manifest(Path(bundle))["target"]).start_runtime()
     base = _rss()[0]
     rt = BundleRuntime(Path(bundle), run=RunOptions(threads=1))
     shared = _rss()[0]

@@ -92,6 +92,7 @@ def markdown(r: dict) -> str:
         f"{' (--quick)' if s['quick'] else ''}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         "",
+        f"Inputs: {r.get('data', {}).get('description', 'test images')}. "
         "Shared machines are noisy: read the ratios (measured in this one run), not absolute milliseconds. "
         "Nothing here ran on a phone; see the README's on-device section.",
         "",

@@ -46,7 +46,7 @@ def check_bundles_match(bundles: dict[str, Path], model: MobileVMoE, source: str
     for path in bundles.values():
         if ModelConfig.from_dict(read_manifest(path)["model"]["config"]) != model.cfg:
             raise ValueError(f"bundle {path} was not exported from {source} (model configs differ); "
-                             "pass the matching --checkpoint or re-export the bundle")
+                             "pass the matching --checkpoint/--config, or another --bundles directory")
 
 
 def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMoE, s: BenchSettings,
