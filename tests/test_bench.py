@@ -161,6 +161,48 @@ def _load_script(name):
     return module
 
 
+@pytest.mark.slow
+def test_paper_matrix_quick_writes_its_tables(tmp_path):
+    """benchmarks/paper_matrix.py --quick on a tiny config: every runtime backend gets a row whose figures
+    are consistent with each other (the full run is recorded in benchmarks/results/, not timed here)."""
+    from vmoe_export.backends import runtime_targets
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(tiny_config(name="tiny-rgb", image_size=16, in_chans=3, mean=(0.5,) * 3,
+                                          std=(0.25,) * 3).to_dict()))
+    assert _load_script("paper_matrix").main(["--quick", "--variants", str(cfg), "--out", str(tmp_path / "r")]) == 0
+    result = json.loads((tmp_path / "r" / "paper_matrix.json").read_text())
+    rows = result["rows"]
+    assert [r["backend"] for r in rows] == runtime_targets() and result["settings"]["quick"]
+    for r in rows:
+        assert r["variant"] == "tiny-rgb" and r["top_k"] == 1 and r["threads"] == 1
+        assert r["flops_active"] < r["flops_monolithic"] and r["params_active"] < r["params_total"]
+        assert r["split_over_dense"] == pytest.approx(r["split_ms"] / r["dense_ms"])
+        assert r["rss_shared_mb"] is not None and r["bundle_bytes"] > 0
+    md = (tmp_path / "r" / "paper_matrix.md").read_text()
+    assert md.count("| tiny-rgb | 1 | 1 |") == len(rows) and "synthetic: latency only" in md
+    for png in ("paper_latency.png", "paper_memory.png"):
+        assert (tmp_path / "r" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_artifact_cache_reuses_identical_graphs_only(tmp_path):
+    """k=1 and k=2 bundles of one model share every converted graph; the monolithic baselines differ by k."""
+    from vmoe_export.backends import get_backend
+    from vmoe_export.bench.baselines import monolithic_graph
+    from vmoe_export.export import artifact_key
+    from vmoe_export.split import split_model
+
+    torch.manual_seed(0)
+    k1 = MobileVMoE(tiny_config(top_k=1))
+    k2 = MobileVMoE(tiny_config(top_k=2))
+    k2.load_state_dict(k1.state_dict())
+    onnx = get_backend("onnx")
+    keys = lambda m: [artifact_key(g, onnx, onnx.make_options()) for g in split_model(m)]  # noqa: E731
+    assert keys(k1) == keys(k2) and len(set(keys(k1))) == len(keys(k1))
+    mono = [artifact_key(monolithic_graph(m), onnx, onnx.make_options()) for m in (k1, k2)]
+    assert mono[0] != mono[1]
+
+
 def test_accuracy_seeds_summary(tmp_path):
     seeds = _load_script("accuracy_seeds")
 

@@ -45,6 +45,10 @@ class ExportOptions:
     # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="int8")}); a target without
     # an entry uses its backend's defaults.
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+    # Reuse converted graphs across exports (e.g. the same model at k=1 and k=2, whose graphs are identical):
+    # artifacts are stored under this directory by a key over the graph's weights, tensors, backend, backend
+    # options and tool versions. None converts every graph.
+    artifact_cache: Path | None = None
     # What the test images are, recorded in the manifest (synthetic images say: latency only, not accuracy).
     eval_data: Mapping[str, str] = field(default_factory=lambda: {"kind": "unspecified",
                                                                   "description": "images passed to export_bundle"})
@@ -176,6 +180,41 @@ def remove_dead_partials(out_dir: Path, log=print) -> list[Path]:
     return removed
 
 
+def artifact_key(graph: Graph, backend: Backend, backend_options: Any) -> str:
+    """Identifies a converted artifact: the graph's code path (role), tensors and weights, the backend, its
+    options and the tool versions. Two graphs with the same key convert to the same artifact."""
+    import hashlib
+
+    # A module that runs a schedule (the baselines) computes differently for another k: its schedule is part of it.
+    schedule = repr(getattr(graph.module, "schedule", None))
+    h = hashlib.sha256(json.dumps({"role": graph.role, "schedule": schedule, "io": repr(graph.io()), "backend": backend.name,
+                                   "options": repr(backend_options), "versions": backend.versions(),
+                                   "vmoe_export": __version__}, sort_keys=True).encode())
+    for name, t in sorted(graph.module.state_dict().items()):
+        t = t.detach().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def convert(graph: Graph, backend: Backend, backend_options: Any, path: Path, cache: Path | None) -> None:
+    """Write one graph's artifact to `path`: from the cache when it holds the same key, else by converting
+    (and then filling the cache, atomically)."""
+    if cache is None:
+        backend.export(graph, path, backend_options)
+        return
+    cached = Path(cache) / f"{artifact_key(graph, backend, backend_options)}{backend.suffix}"
+    if not cached.exists():
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex[:8]}")
+        backend.export(graph, tmp, backend_options)
+        os.replace(tmp, cached) if tmp.is_file() else tmp.rename(cached)
+    if cached.is_dir():
+        shutil.copytree(cached, path)
+    else:
+        shutil.copyfile(cached, path)
+
+
 def check_output_dir(out_dir: Path) -> Path:
     """Refuse an output path that is, or lies below, a regular file: before any work is done."""
     out_dir = Path(out_dir)
@@ -211,7 +250,7 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
             rel = artifact_relpath(g.spec, backend.suffix)
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend.export(g, path, backend_options)
+            convert(g, backend, backend_options, path, options.artifact_cache)
             io = g.io()
             entries[g.name] = {
                 "path": rel, "role": g.role, "layer": g.spec.layer, "expert": g.spec.expert,

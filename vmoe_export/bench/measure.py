@@ -86,12 +86,15 @@ def bench_bundle(bundle: Path, images: list[np.ndarray], s: BenchSettings) -> di
     }
 
 
-def bench_single_graph(target: str, graph: Graph, x: np.ndarray, s: BenchSettings, workdir: Path) -> dict:
-    """Export one graph with the backend's defaults, then time it on `x`."""
+def bench_single_graph(target: str, graph: Graph, x: np.ndarray, s: BenchSettings, workdir: Path,
+                       cache: Path | None = None) -> dict:
+    """Export one graph with the backend's defaults (or take it from `cache`), then time it on `x`."""
+    from ..export import convert
+
     backend = get_backend(target)
     path = workdir / f"{graph.name}{backend.suffix}"
     t0 = time.perf_counter()
-    backend.export(graph, path, backend.make_options())
+    convert(graph, backend, backend.make_options(), path, cache)
     export_s = time.perf_counter() - t0
     run = backend.load(path, graph.io(), s.run_options)
     result = time_calls(lambda: run([x]), s.warmup, s.runs)

@@ -50,7 +50,8 @@ def check_bundles_match(bundles: dict[str, Path], model: MobileVMoE, source: str
 
 
 def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMoE, s: BenchSettings,
-                   images_u8: torch.Tensor, progress: bool = True) -> dict:
+                   images_u8: torch.Tensor, progress: bool = True, artifact_cache: Path | None = None) -> dict:
+    """One benchmark run. artifact_cache reuses converted baseline graphs across runs (see export.convert)."""
     torch.set_num_threads(s.threads)
     model, dense = model.eval(), dense.eval()
     x = preprocess(images_u8, model.cfg.mean, model.cfg.std)
@@ -68,8 +69,8 @@ def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMo
             out["split"] = bench_bundle(bundles[target], np_images, s)
             work = Path(tmp) / target
             work.mkdir()
-            out["dense_twin"] = bench_single_graph(target, dense_graph(dense), np_images[0], s, work)
-            out["monolithic"] = bench_single_graph(target, monolithic_graph(model), np_images[0], s, work)
+            out["dense_twin"] = bench_single_graph(target, dense_graph(dense), np_images[0], s, work, artifact_cache)
+            out["monolithic"] = bench_single_graph(target, monolithic_graph(model), np_images[0], s, work, artifact_cache)
             out["memory"] = measure_rss(bundles[target])
             report["backends"][target] = out
     report["ratios"] = ratios(report)
