@@ -138,6 +138,8 @@ def plots(result: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vmoe_export.bench.report import save_figure
+
     rows = [r for r in result["rows"] if r["threads"] == min(result["settings"]["threads"])]
     backends = sorted({r["backend"] for r in rows})
     fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 4), squeeze=False)
@@ -153,7 +155,7 @@ def plots(result: dict, out: Path) -> None:
         ax.set_xlabel("active GFLOPs per image")
         ax.set_ylabel("median ms (batch 1)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout()  # several panels, each labelled above
     fig.savefig(out / "paper_latency.png", dpi=110)
     plt.close(fig)
 
@@ -164,12 +166,8 @@ def plots(result: dict, out: Path) -> None:
     ax.bar([i - 0.2 for i in x], [r["rss_routed_mb"] for r in k1], 0.4, label="shared + routed expert")
     ax.bar([i + 0.2 for i in x], [r["rss_all_mb"] for r in k1], 0.4, label="shared + all experts")
     ax.set_xticks(list(x), labels, fontsize=7)
-    ax.set_ylabel("RSS growth over runtime baseline (MiB)")
-    ax.set_title("Resident memory, k=1: routed vs all experts")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "paper_memory.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, out / "paper_memory.png", "RSS growth over runtime baseline (MiB)",
+                "Resident memory, k=1: routed vs all experts")
 
 
 def main(argv: list[str] | None = None) -> int:

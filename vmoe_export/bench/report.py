@@ -20,6 +20,18 @@ def write_report(report: dict, out_dir: Path) -> None:
             os.replace(f, out_dir / f.name)
 
 
+def save_figure(fig, ax, path: Path, ylabel: str, title: str) -> None:
+    """Label, lay out, write and close a figure: the same finish for every plot the benchmarks draw."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _grouped_bars(plt, path: Path, names: list[str], series: dict[str, list[float]], ylabel: str, title: str,
                   hline: tuple[float, str] | None = None) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -29,12 +41,7 @@ def _grouped_bars(plt, path: Path, names: list[str], series: dict[str, list[floa
     if hline:
         ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
     ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, path, ylabel, title)
 
 
 def _plots(report: dict, out: Path) -> None:
@@ -69,12 +76,7 @@ def _plots(report: dict, out: Path) -> None:
         vals = [backends[t]["split"]["stages"][st]["median_ms"] for t in names]
         ax.bar(names, vals, bottom=bottom, label=st)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_ylabel("median ms / image")
-    ax.set_title("Routed bundle: time per stage")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "stages.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, out / "stages.png", "median ms / image", "Routed bundle: time per stage")
 
 
 def _ms(d: dict) -> str:
