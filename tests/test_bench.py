@@ -101,6 +101,7 @@ def test_report_files_and_fields(tiny_run, tmp_path):
     stage_sum = sum(b["split"]["stages"][st]["mean_ms"] for st in b["split"]["stages"])
     assert stage_sum <= b["split"]["end_to_end"]["mean_ms"]
     assert b["split"]["expert_cold_load"]["n"] == model.cfg.num_experts  # one cold load per expert
+    assert b["split"]["expert_cold_load_verified_once"]["n"] == model.cfg.num_experts
     assert sum(b["split"]["routed_histogram"]) == runs * model.cfg.top_k
     mem = b["memory"]
     assert "error" not in mem, mem

@@ -81,6 +81,28 @@ def test_wrong_answer_edits_are_refused(bundle, image, capsys, name):
     assert message in line
 
 
+def test_verified_once_hashes_each_artifact_once_and_rehashes_what_changed(bundle, monkeypatch):
+    import vmoe_export.bundle as bundle_mod
+
+    calls = []
+    real = bundle_mod.sha256_of
+    monkeypatch.setattr(bundle_mod, "sha256_of", lambda p: calls.append(Path(p).name) or real(p))
+    rt = BundleRuntime(bundle, verify="once")
+    n_graphs = len(rt.manifest["graphs"])
+    assert len(calls) == n_graphs  # all at open, shared and experts
+    for _ in range(2):  # expert switches in fresh caches: no hashing
+        cache = rt.experts.empty_copy()
+        for e in range(rt.num_experts):
+            cache.get(e)
+    assert len(calls) == n_graphs
+    victim = bundle / "experts" / "e1" / "moe0.onnx"
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")  # changed after the bundle was opened
+    with pytest.raises(VmoeError, match="fails its checksum"):
+        rt.experts.empty_copy().get(1)
+    with pytest.raises(VmoeError, match="fails its checksum"):  # and a tampered bundle never opens in this mode
+        BundleRuntime(bundle, verify="once")
+
+
 def test_pinned_digest(bundle, image, capsys):
     digest = (bundle / "manifest.sha256").read_text().strip()
     assert predict_main(["--bundle", str(bundle), "--expect-digest", digest, str(image)]) == 0

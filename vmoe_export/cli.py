@@ -186,6 +186,9 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=int, default=None, help="keep loaded experts under this many artifact bytes (LRU)")
     p.add_argument("--threads", type=int, default=0,
                    help=f"runtime threads, 1 to {MAX_THREADS} (default 0: the runtime's own choice)")
+    p.add_argument("--verify", default="every-load", choices=["every-load", "once"],
+                   help="every-load (default): sha256 of an artifact each time it is loaded; once: hash every artifact "
+                   "when the bundle opens, then re-hash only files that changed since (faster expert switches)")
     p.add_argument("--expect-digest", default=None, metavar="HEX",
                    help="refuse the bundle unless the sha256 of its manifest.json is HEX (the digest vmoe-export "
                    "printed; also in BUNDLE/manifest.sha256)")
@@ -204,7 +207,7 @@ def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> i
 
     try:
         rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, RunOptions(threads=args.threads),
-                           expect_digest=args.expect_digest)
+                           expect_digest=args.expect_digest, verify=args.verify)
         m = rt.manifest
         for path in args.images:
             pred = rt.predict(preprocess_image(path, m))

@@ -106,6 +106,8 @@ class ExpertCache:
             self.evictions += 1
 
 
+VERIFY_MODES = ("every-load", "once")
+
 # Per-stage timing keys: the schedule's graph roles, plus the expert loads.
 STAGE_OF_ROLE = {"trunk": "trunk", "router": "router", "attention": "attention", "expert": "experts", "head": "head"}
 
@@ -114,9 +116,16 @@ class BundleRuntime:
     """Executes the schedule stored in a bundle's manifest through the backend's runtime."""
 
     def __init__(self, bundle_dir: Path, max_experts: int | None = None, max_bytes: int | None = None,
-                 run: RunOptions = RunOptions(), expect_digest: str | None = None, require_parity: bool = True):
+                 run: RunOptions = RunOptions(), expect_digest: str | None = None, require_parity: bool = True,
+                 verify: str = "every-load"):
+        """verify="every-load" hashes an artifact each time it is loaded; "once" hashes every artifact when the
+        bundle opens and afterwards re-hashes only files whose fingerprint changed (bundle.artifact_path), which
+        takes the checksum out of expert switches."""
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.dir = Path(bundle_dir)
         self.manifest = read_manifest(self.dir, expect_digest, require_parity)
+        self._verified: dict | None = {} if verify == "once" else None
         self.target = self.manifest["target"]
         self.backend = get_backend(self.target)
         self.run_options = run
@@ -129,6 +138,9 @@ class BundleRuntime:
             if max_bytes < need:
                 raise ValueError(f"byte budget {max_bytes} cannot hold {self.top_k} experts ({need} bytes needed)")
         self._stage = {g.name: STAGE_OF_ROLE[g.role] for g in self.schedule.graphs()}
+        if self._verified is not None:
+            for g in self.schedule.graphs():
+                artifact_path(self.dir, self.manifest, g.name, self._verified)
         self._expert_of = {g.name: g.expert for g in self.schedule.graphs() if g.role == "expert"}
         sizes = graph_sizes(self.manifest)
         t0 = time.perf_counter()
@@ -142,7 +154,7 @@ class BundleRuntime:
         self.input_shape = tuple(self.manifest["graphs"][first]["inputs"][0]["shape"])
 
     def _load_graph(self, name: str):
-        path = artifact_path(self.dir, self.manifest, name)  # checks containment and sha256
+        path = artifact_path(self.dir, self.manifest, name, self._verified)  # containment and sha256
         return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options)
 
     def expert_bytes(self, expert: int) -> int:
