@@ -91,7 +91,8 @@ def summarize(report: dict, variant: str, k: int, threads: int, export_s: float)
             "stages_ms": {st: v["median_ms"] for st, v in sp["stages"].items()},
             "cold_load_ms": sp["expert_cold_load"]["median_ms"], "expert_bytes": sp["expert_bytes"][0],
             "rss_shared_mb": mem.get("shared_graphs_mb"), "rss_routed_mb": mem.get("routed_resident_mb"),
-            "rss_all_mb": mem.get("all_experts_mb"), "bundle_bytes": bundle_bytes(Path(b["bundle"])),
+            "rss_all_mb": mem.get("all_experts_mb"), "rss_first_image_mb": mem.get("first_image_growth_mb"),
+            "expert_rss_over_bytes": mem.get("expert_marginal_over_bytes"), "bundle_bytes": bundle_bytes(Path(b["bundle"])),
             "export_s": round(export_s, 1),
         })
     return out

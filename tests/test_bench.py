@@ -108,6 +108,9 @@ def test_report_files_and_fields(tiny_run, tmp_path):
     # The probe did what it reports: one image routed to k experts, then every expert loaded.
     assert mem["routed_experts"] == model.cfg.top_k and mem["all_experts_loaded"] == model.cfg.num_experts
     assert mem["shared_loaded_rss"] > mem["baseline_rss"] > 10 * 2**20  # sessions cost memory; python itself > 10 MiB
+    # One marginal reading per expert that the first image did not route to, each over its own bytes.
+    assert len(mem["expert_marginal_rss"]) == len(mem["expert_bytes"]) == model.cfg.num_experts - model.cfg.top_k
+    assert mem["expert_marginal_over_bytes"] is not None and "per expert / its bytes" in (tmp_path / "README.md").read_text()
     assert set(data["ratios"]["onnx"]) == {"split_over_dense_twin", "split_over_monolithic", "split_over_eager_model",
                                            "cold_load_over_warm_expert_exec"}
     assert data["machine"]["threads_requested"] == 1 and data["machine"]["cpu"]

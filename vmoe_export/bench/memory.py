@@ -20,6 +20,9 @@ def _rss() -> tuple[int, int]:
 
 
 def probe(bundle: str) -> dict:
+    """RSS at each step of a bundle's life. Each expert is run once when loaded (runtimes like LiteRT pack
+    weights only on first use), and every reading after the first image is taken once activation arenas
+    and the shared graphs' packed weights exist, so the per-expert growth is the expert's own cost."""
     import numpy as np
 
     from ..backends import RunOptions, get_backend
@@ -32,14 +35,24 @@ def probe(bundle: str) -> dict:
     rt = BundleRuntime(Path(bundle), run=RunOptions(threads=1))
     shared = _rss()[0]
     image = np.zeros(rt.input_shape, np.float32)
-    rt.predict(image)
+    routed_ids = rt.predict(image).experts
     routed, routed_count = _rss()[0], len(rt.experts.loaded)
+    rt.predict(image)  # warm-up: arenas and packing done
+    warm = _rss()[0]
+    marginal = []
     for e in range(rt.num_experts):
-        rt.experts.get(e)
+        if e in routed_ids:
+            continue
+        before = _rss()[0]
+        for name, run in rt.experts.get(e)[0].items():
+            run([np.zeros(rt.manifest["graphs"][name]["inputs"][0]["shape"], np.float32)])
+        marginal.append(_rss()[0] - before)
     rt.predict(image)
     full, peak = _rss()
-    return {"baseline_rss": base, "shared_loaded_rss": shared, "routed_resident_rss": routed, "all_experts_rss": full,
-            "peak_rss": peak, "routed_experts": routed_count, "all_experts_loaded": len(rt.experts.loaded)}
+    return {"baseline_rss": base, "shared_loaded_rss": shared, "routed_resident_rss": routed, "warm_rss": warm,
+            "all_experts_rss": full, "peak_rss": peak, "routed_experts": routed_count,
+            "all_experts_loaded": len(rt.experts.loaded), "expert_marginal_rss": marginal,
+            "expert_bytes": [rt.expert_bytes(e) for e in range(rt.num_experts) if e not in routed_ids]}
 
 
 def measure_rss(bundle: Path) -> dict:
@@ -47,11 +60,16 @@ def measure_rss(bundle: Path) -> dict:
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
     m = json.loads(r.stdout.strip().splitlines()[-1])
+    ratios = [rss / size for rss, size in zip(m["expert_marginal_rss"], m["expert_bytes"], strict=True)]
     return {
         **m,
         "shared_graphs_mb": (m["shared_loaded_rss"] - m["baseline_rss"]) * MIB,
         "routed_resident_mb": (m["routed_resident_rss"] - m["baseline_rss"]) * MIB,
         "all_experts_mb": (m["all_experts_rss"] - m["baseline_rss"]) * MIB,
+        # First image minus loading: activation arenas, packed shared weights, the routed expert(s).
+        "first_image_growth_mb": (m["routed_resident_rss"] - m["shared_loaded_rss"]) * MIB,
+        # Each further expert, loaded and run once after warm-up, over its artifact bytes (median).
+        "expert_marginal_over_bytes": sorted(ratios)[len(ratios) // 2] if ratios else None,
     }
 
 

@@ -163,20 +163,22 @@ def markdown(r: dict) -> str:
         "",
         "## Resident memory (separate process per backend, Linux VmRSS)",
         "",
-        "Growth over the process after importing the runtime: after loading the shared graphs; after the first "
-        "image (its routed expert(s) plus the runtime's first-inference buffers and threadpool); after loading "
-        "every other expert too. The last step is the cost of keeping all experts resident.",
+        "Growth over the process after starting the runtime: after loading the shared graphs; after the first "
+        "image (its routed expert(s) plus the runtime's activation arenas, packed weights and threadpool); after "
+        "loading and running every other expert once too. Per expert = each further expert's growth, measured "
+        "after a warm-up image, over its artifact bytes (median).",
         "",
-        "| backend | shared graphs | + routed expert(s) | + all experts | process peak |",
-        "|---|---|---|---|---|",
+        "| backend | shared graphs | + routed expert(s) | + all experts | first-image growth | per expert / its bytes | process peak |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t, b in r["backends"].items():
         mem = b["memory"]
         if "error" in mem:
-            lines.append(f"| {t} | error: {mem['error']} | | | |")
+            lines.append(f"| {t} | error: {mem['error']} | | | | | |")
         else:
             lines.append(f"| {t} | {mem['shared_graphs_mb']:.2f} MiB | {mem['routed_resident_mb']:.2f} MiB | "
-                         f"{mem['all_experts_mb']:.2f} MiB | {mem['peak_rss'] / 2**20:.0f} MiB |")
+                         f"{mem['all_experts_mb']:.2f} MiB | {mem['first_image_growth_mb']:.2f} MiB | "
+                         f"{mem['expert_marginal_over_bytes']:.2f}x | {mem['peak_rss'] / 2**20:.0f} MiB |")
     lines += ["", "![memory](memory.png)", ""]
     return "\n".join(lines)
 
