@@ -137,20 +137,21 @@ class BundleRuntime:
             need = min_byte_budget(self.manifest)
             if max_bytes < need:
                 raise ValueError(f"byte budget {max_bytes} cannot hold {self.top_k} experts ({need} bytes needed)")
-        self._stage = {g.name: STAGE_OF_ROLE[g.role] for g in self.schedule.graphs()}
+        specs = self.schedule.graphs()
+        self._stage = {g.name: STAGE_OF_ROLE[g.role] for g in specs}
         if self._verified is not None:
-            for g in self.schedule.graphs():
+            for g in specs:
                 artifact_path(self.dir, self.manifest, g.name, self._verified)
-        self._expert_of = {g.name: g.expert for g in self.schedule.graphs() if g.role == "expert"}
-        sizes = graph_sizes(self.manifest)
+        self._expert_of = {g.name: g.expert for g in specs if g.role == "expert"}
+        self._sizes = graph_sizes(self.manifest)
         t0 = time.perf_counter()
         self.graphs = {name: self._load_graph(name) for name in self.schedule.shared_graphs}
         self.shared_load_ms = (time.perf_counter() - t0) * 1e3
         self.experts = ExpertCache(
             lambda e: {g: self._load_graph(g) for g in self.schedule.expert_graphs(e)},
-            lambda e: self.schedule.expert_total(sizes, e), max_experts, max_bytes,
+            self.expert_bytes, max_experts, max_bytes,
         )
-        first = self.schedule.graphs()[0].name  # the graph that reads the image
+        first = specs[0].name  # the graph that reads the image
         self.input_shape = tuple(self.manifest["graphs"][first]["inputs"][0]["shape"])
 
     def _load_graph(self, name: str):
@@ -158,7 +159,7 @@ class BundleRuntime:
         return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options)
 
     def expert_bytes(self, expert: int) -> int:
-        return int(self.schedule.expert_total(graph_sizes(self.manifest), expert))
+        return int(self.schedule.expert_total(self._sizes, expert))
 
     def predict(self, image: np.ndarray, trace: bool = False) -> Prediction:
         """Classify one preprocessed image (float32, the trunk's input shape, e.g. 1x1x28x28)."""
