@@ -94,7 +94,10 @@ def export_parser() -> argparse.ArgumentParser:
     from .export import ExportOptions
     from .parity import ParityBounds
 
-    b, o = ParityBounds(), ExportOptions()
+    from .export import FP32_PARITY_IMAGES, QUANTIZED_PARITY_IMAGES
+    from .quantize import CALIBRATION, MODES, ROUTER_PRECISION, QuantOptions
+
+    b, qb, o, q = ParityBounds(), ParityBounds.quantized(), ExportOptions(), QuantOptions()
     p = argparse.ArgumentParser(
         prog="vmoe-export",
         description="Split a Mobile V-MoE checkpoint into trunk, router, shared-attention, per-expert and head graphs, "
@@ -106,10 +109,36 @@ def export_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--output", type=Path, default=Path("bundles"), help="output directory; each target goes to OUTPUT/<target>/ (default bundles)")
     add_data_dir_argument(p, "parity and golden vectors")
-    p.add_argument("--parity-images", type=int, default=o.parity_images, help=f"test images for the parity report (default {o.parity_images}, min 1)")
-    p.add_argument("--max-logit-diff", type=float, default=b.max_logit_diff, help=f"parity bound on logits max abs diff (default {b.max_logit_diff})")
-    p.add_argument("--min-top1-agreement", type=float, default=b.min_top1_agreement, help=f"parity bound on top-1 agreement (default {b.min_top1_agreement})")
-    p.add_argument("--min-routing-agreement", type=float, default=b.min_routing_agreement, help=f"parity bound on routing agreement (default {b.min_routing_agreement})")
+    p.add_argument("--parity-images", type=int, default=None,
+                   help=f"test images for the parity report (default {FP32_PARITY_IMAGES}; {QUANTIZED_PARITY_IMAGES} or all "
+                   "there are when quantized; min 1)")
+    p.add_argument("--max-logit-diff", type=float, default=b.max_logit_diff,
+                   help=f"fp32 parity bound on logits max abs diff (default {b.max_logit_diff}; not applied when quantized)")
+    p.add_argument("--min-top1-agreement", type=float, default=b.min_top1_agreement,
+                   help=f"fp32 parity bound on top-1 agreement (default {b.min_top1_agreement}; not applied when quantized)")
+    p.add_argument("--min-routing-agreement", type=float, default=None,
+                   help=f"parity bound on routing agreement (default {b.min_routing_agreement}; {qb.min_routing_agreement} "
+                   "when quantized)")
+    g = p.add_argument_group("quantization")
+    g.add_argument("--quantize", default="none", choices=MODES,
+                   help="int8 through each backend's official flow: dynamic-int8 (int8 weights, activations quantized per "
+                   "call), static-int8 (W8A8, calibrated), weight-int8 (int8 weights, float compute). Supported: "
+                   + "; ".join(f"{x.name}: {', '.join(m for m in x.quantization if m != 'none')}" for x in all_backends())
+                   + " (default none)")
+    g.add_argument("--calibration-images", type=int, default=q.calibration_images,
+                   help=f"static-int8: training images to calibrate on (default {q.calibration_images})")
+    g.add_argument("--calibration", default=q.calibration, choices=CALIBRATION,
+                   help="static-int8: 'routed' calibrates each expert on the hidden states of the images the fp32 model "
+                   "routes to it; 'all' on every image; 'auto' (default) is each backend's measured choice: "
+                   + ", ".join(f"{x.name} {x.calibration}" for x in all_backends() if "static-int8" in x.quantization))
+    g.add_argument("--min-calibration-samples", type=int, default=q.min_samples,
+                   help=f"an expert routed fewer calibration images calibrates on all of them instead (default {q.min_samples})")
+    g.add_argument("--router-precision", default=q.router, choices=ROUTER_PRECISION,
+                   help=f"keep the router in fp32 or quantize it with the rest (default {q.router}: see "
+                   "benchmarks/results/quantization.md)")
+    g.add_argument("--max-accuracy-drop", type=float, default=100 * qb.max_accuracy_drop,
+                   help=f"quantized parity: fail when top-1 accuracy drops more than this many points below fp32 "
+                   f"(default {100 * qb.max_accuracy_drop:.1f})")
     for backend in all_backends():
         if backend.add_arguments:
             backend.add_arguments(p.add_argument_group(f"{backend.name} options"))
@@ -125,17 +154,36 @@ def export_main(argv: list[str] | None = None) -> int:
     args = export_parser().parse_args(argv)
     quiet_converters()
     interrupt_on_sigterm()
-    if args.parity_images < 1:
+    if args.parity_images is not None and args.parity_images < 1:
         return fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
     from .backends import TARGETS, get_backend
     from .bundle import DIGEST, read_manifest
-    from .data import eval_split
-    from .export import ExportOptions, check_output_dir, export_bundle
+    from .data import calibration_split, eval_split
+    from .export import ExportOptions, check_output_dir, export_bundle, make_plan
     from .parity import ParityBounds, ParityError
+    from .quantize import QuantOptions
 
     targets = list(TARGETS) if args.target == "all" else [args.target]
     try:
         backends = [get_backend(t) for t in targets]  # fail before any work when a backend package is missing
+        quant = QuantOptions(args.quantize, args.calibration_images, args.calibration, args.min_calibration_samples,
+                             args.router_precision)
+        backend_options = {b.name: b.options_from_args(args) for b in backends if b.options_from_args}
+        # An unsupported mode fails here, before any work. With --target all, targets that do not offer the mode
+        # are skipped (and named), so `--target all --quantize dynamic-int8` builds every bundle that exists.
+        for bk in backends:
+            if args.target == "all" and quant.mode not in bk.quantization:
+                print(f"vmoe-export: {bk.name}: skipped: it has no {quant.mode} mode (it supports: "
+                      f"{', '.join(bk.quantization)})", file=sys.stderr)
+                targets.remove(bk.name)
+                continue
+            bk.check_quantization(quant.mode, bk.make_options(backend_options.get(bk.name)))
+        if quant.quantized:
+            bounds = ParityBounds.quantized(args.max_accuracy_drop / 100, args.min_routing_agreement
+                                            if args.min_routing_agreement is not None else ParityBounds.quantized().min_routing_agreement)
+        else:
+            bounds = ParityBounds(args.max_logit_diff, args.min_top1_agreement, args.min_routing_agreement
+                                  if args.min_routing_agreement is not None else ParityBounds().min_routing_agreement)
         check_output_dir(args.output)
         ckpt = resolve_model(args)
         cfg = ckpt.config
@@ -146,15 +194,32 @@ def export_main(argv: list[str] | None = None) -> int:
         test = data.split
         options = ExportOptions(
             eval_data={"kind": data.kind, "description": data.description},
-            parity_images=args.parity_images,
-            bounds=ParityBounds(args.max_logit_diff, args.min_top1_agreement, args.min_routing_agreement),
-            golden_images=args.golden_images, progress=not args.quiet,
-            backend_options={b.name: b.options_from_args(args) for b in backends if b.options_from_args},
+            parity_images=args.parity_images, bounds=bounds, quant=quant,
+            golden_images=args.golden_images, progress=not args.quiet, backend_options=backend_options,
         )
+        calibration, plans = None, {}
+        if quant.calibrated:
+            split, what = calibration_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size,
+                                            cfg.in_chans, quant.calibration_images)
+            calibration = split.images
+            print(f"calibration: {what}", file=sys.stderr)
+            # One calibration pass per strategy, shared by the targets that use it: the fp32 model's routing does
+            # not depend on the backend.
+            from .split import split_model
+
+            model = ckpt.build_model()
+            for b in backends:
+                if b.name in targets:
+                    q = quant.for_backend(b.calibration)
+                    if q.calibration not in plans:
+                        plans[q.calibration] = make_plan(ckpt, split_model(model), model.schedule, q, calibration,
+                                                         log=lambda s: print(s, file=sys.stderr))
         failed = []
         for t in targets:
             try:
-                path, _ = export_bundle(ckpt, t, args.output, test.images, test.labels, options)
+                path, _ = export_bundle(ckpt, t, args.output, test.images, test.labels, options,
+                                        calibration_images=calibration,
+                                        plan=plans.get(quant.for_backend(get_backend(t).calibration).calibration))
                 m = read_manifest(path)
                 total = sum(g["size_bytes"] for g in m["graphs"].values())
                 digest = (path / DIGEST).read_text().strip()

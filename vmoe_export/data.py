@@ -218,6 +218,26 @@ def eval_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans
     return EvalData(ds.test, "fashion-mnist", "Fashion-MNIST test set (10,000 images)")
 
 
+def calibration_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans: int, n: int,
+                      seed: int = 0) -> tuple[Split, str]:
+    """`n` images drawn (seeded) from the training split, for quantization calibration: never the test
+    images parity runs on. Returns the images and what they are."""
+    if data_dir is not None:
+        ds = _check_shape(load_image_folder(Path(data_dir), image_size, in_chans), image_size, in_chans)
+        train, what = ds.train, f"ImageFolder {Path(data_dir).name} train/"
+    elif trained_on == "synthetic":
+        return synthetic_split(image_size, in_chans, n, seed=seed + 1), SYNTHETIC_NOTE
+    elif trained_on == "fashion-mnist":
+        train, what = _check_shape(load_fashion_mnist(), image_size, in_chans).train, "Fashion-MNIST train set"
+    else:
+        raise DataError(f"the checkpoint was trained on {trained_on}: pass --data-dir with its ImageFolder dataset "
+                        "(its train/ images calibrate quantization)")
+    if len(train) == 0:
+        raise DataError(f"{what} has no images to calibrate quantization on")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    return train.subset(pick), f"{len(pick)} images from the {what} (seed {seed})"
+
+
 def check_folder_fits(root: Path, image_size: int, in_chans: int, sample: int = 8) -> None:
     """Refuse an ImageFolder whose images cannot be the model's input: grayscale images for an RGB model
     (or colour for a grayscale one), or images under half the model's input size (upscaled noise).

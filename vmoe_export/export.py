@@ -1,5 +1,9 @@
 """Checkpoint -> split -> one backend's artifacts -> manifest -> parity -> published bundle.
 
+With QuantOptions.mode other than "none", each graph is converted in that mode by its backend's
+official flow, static-int8 graphs calibrated on training images as quantize.plan lays out, and
+parity bounds what quantization may cost (accuracy, routing) instead of float rounding.
+
 A bundle is built in a hidden temp directory next to its destination and renamed into place
 only after parity passes, so an interrupted or failed export never leaves a directory that
 looks like a complete bundle. A bundle that fails parity is kept as <target>.rejected/ for
@@ -15,10 +19,11 @@ import socket
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -31,15 +36,22 @@ from .flops import count_flops
 from .manifest import preprocessing_block, superclass_names
 from .model import count_params
 from .parity import ParityBounds, ParityError, check_bundle, format_report, reference_traces, reject_path, verify_specs
+from .quantize import FP32, GraphQuant, QuantOptions
+from .quantize import plan as quantize_plan
 from .runtime import BundleRuntime
 from .schedule import Schedule, artifact_relpath, layer_output
 from .split import Graph, split_model
 
 
+FP32_PARITY_IMAGES = 500
+QUANTIZED_PARITY_IMAGES = 10_000  # issue 11: at least 2,000; the toy's whole test set
+
+
 @dataclass
 class ExportOptions:
-    parity_images: int = 500
-    bounds: ParityBounds = field(default_factory=ParityBounds)
+    parity_images: int | None = None  # None: FP32_PARITY_IMAGES, or QUANTIZED_PARITY_IMAGES when quantized
+    bounds: ParityBounds | None = None  # None: ParityBounds() for fp32, ParityBounds.quantized() when quantized
+    quant: QuantOptions = field(default_factory=QuantOptions)
     golden_images: int = 4
     progress: bool = True
     # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="int8")}); a target without
@@ -53,9 +65,29 @@ class ExportOptions:
     eval_data: Mapping[str, str] = field(default_factory=lambda: {"kind": "unspecified",
                                                                   "description": "images passed to export_bundle"})
 
+    def parity_bounds(self) -> ParityBounds:
+        if self.bounds is not None:
+            return self.bounds
+        return ParityBounds.quantized() if self.quant.quantized else ParityBounds()
+
+    def n_parity_images(self) -> int:
+        if self.parity_images is not None:
+            return self.parity_images
+        return QUANTIZED_PARITY_IMAGES if self.quant.quantized else FP32_PARITY_IMAGES
+
+
+def quantization_block(options: QuantOptions, calibration_images: int) -> dict:
+    if not options.quantized:
+        return {"mode": "none"}
+    block = {"mode": options.mode, "router": options.router}
+    if options.calibrated:
+        block["calibration"] = {"images": calibration_images, "strategy": options.calibration,
+                                "min_samples": options.min_samples, "source": "training split (never the parity images)"}
+    return block
+
 
 def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: dict, backend: Backend,
-                   backend_options: Any, options: ExportOptions) -> dict:
+                   backend_options: Any, options: ExportOptions, calibration_images: int = 0) -> dict:
     cfg = ckpt.config
     groups = superclass_names(list(ckpt.class_names), ckpt.superclass_of, cfg.num_experts)
     params = {name: e["params"] for name, e in entries.items()}
@@ -67,6 +99,7 @@ def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: d
         "created_by": {"vmoe_export": __version__, **backend.versions()},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "backend_options": asdict(backend_options),
+        "quantization": quantization_block(options.quant, calibration_images),
         "model": {
             "name": cfg.name, "config": cfg.to_dict(), "num_experts": cfg.num_experts,
             "moe_layers": cfg.moe_layers, "top_k": cfg.top_k, "num_classes": cfg.num_classes,
@@ -88,13 +121,43 @@ def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: d
     }
 
 
-def write_golden(path: Path, model, graphs: list[Graph], ckpt: Checkpoint, images_u8: torch.Tensor,
-                 labels: torch.Tensor) -> None:
-    """A few test images with PyTorch's value at every stage: the apps' core tests check against these."""
+RunGraph = Callable[..., list[np.ndarray]]  # (graph name, *numpy inputs) -> numpy outputs
+
+
+def torch_golden_source(model, graphs: list[Graph]) -> tuple[Callable, RunGraph]:
+    """PyTorch's value at every stage (fp32 bundles: the bundle matches it to float rounding)."""
+    by_name = {g.name: g for g in graphs}
+
+    def traces(x: torch.Tensor) -> list[dict]:
+        return reference_traces(model, graphs, model.schedule, x)
+
+    def run_graph(name: str, *xs: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [t.numpy() for t in by_name[name].run(*(torch.from_numpy(np.asarray(v)) for v in xs))]
+
+    return traces, run_graph
+
+
+def bundle_golden_source(runtime: BundleRuntime) -> tuple[Callable, RunGraph]:
+    """The bundle's own value at every stage (quantized bundles: the apps must reproduce these, not fp32)."""
+
+    def traces(x: torch.Tensor) -> list[dict]:
+        out = []
+        for i in range(len(x)):
+            pred = runtime.predict(x[i : i + 1].numpy(), trace=True)
+            out.append({**pred.trace, "experts": np.asarray(pred.experts), "gates": np.asarray(pred.gates, dtype=np.float32)})
+        return out
+
+    return traces, runtime.run_graph
+
+
+def write_golden(path: Path, schedule: Schedule, source: tuple[Callable, RunGraph], ckpt: Checkpoint,
+                 images_u8: torch.Tensor, labels: torch.Tensor, produced_by: str) -> None:
+    """A few test images with the value at every stage: the apps' core tests check against these."""
     cfg = ckpt.config
-    schedule = model.schedule
+    traces, run_graph = source
     x = preprocess(images_u8, cfg.mean, cfg.std)
-    refs = reference_traces(model, graphs, schedule, x)
+    refs = traces(x)
     cases = []
     for i, ref in enumerate(refs):
         cases.append({
@@ -107,22 +170,20 @@ def write_golden(path: Path, model, graphs: list[Graph], ckpt: Checkpoint, image
             "logits": [float(v) for v in ref["logits"].reshape(-1)],
             "predicted": int(ref["logits"].argmax()),
         })
-    payload = {"shape": [1, cfg.in_chans, cfg.image_size, cfg.image_size], "tolerance": 1e-3, "cases": cases,
-               "combine": _combine_vector(graphs, schedule, refs[0])}
+    payload = {"shape": [1, cfg.in_chans, cfg.image_size, cfg.image_size], "tolerance": 1e-3, "produced_by": produced_by,
+               "cases": cases, "combine": _combine_vector(run_graph, schedule, refs[0])}
     _write_json(path, payload)
 
 
-@torch.no_grad()
-def _combine_vector(graphs: list[Graph], schedule: Schedule, ref: dict) -> dict:
+def _combine_vector(run_graph: RunGraph, schedule: Schedule, ref: dict) -> dict:
     """The first MoE layer of one image, graph by graph, so the apps can test their gate mixing."""
-    by_name = {g.name: g for g in graphs}
     layer = schedule.moe_layers[0]
-    attn_out, hidden = by_name[layer.attention].run(torch.from_numpy(ref["tokens"]))
-    outs = [by_name[layer.experts[e]].run(hidden)[0] for e in ref["experts"]]
+    attn_out, hidden = run_graph(layer.attention, ref["tokens"])
+    outs = [run_graph(layer.experts[int(e)], hidden)[0] for e in ref["experts"]]
     flat = lambda t: [float(v) for v in t.flatten()]  # noqa: E731
     return {"layer": layer.layer, "experts": ref["experts"].tolist(), "gates": [float(g) for g in ref["gates"]],
             "attention_out": flat(attn_out), "expert_outs": [flat(o) for o in outs],
-            "expected": flat(torch.from_numpy(ref[layer_output(layer.layer)]))}
+            "expected": flat(np.asarray(ref[layer_output(layer.layer)]))}
 
 
 def _write_json(path: Path, data) -> bytes:
@@ -180,15 +241,16 @@ def remove_dead_partials(out_dir: Path, log=print) -> list[Path]:
     return removed
 
 
-def artifact_key(graph: Graph, backend: Backend, backend_options: Any) -> str:
+def artifact_key(graph: Graph, backend: Backend, backend_options: Any, quant: GraphQuant = FP32) -> str:
     """Identifies a converted artifact: the graph's code path (role), tensors and weights, the backend, its
-    options and the tool versions. Two graphs with the same key convert to the same artifact."""
+    options, the quantization (mode and calibration data) and the tool versions. Two graphs with the same key
+    convert to the same artifact."""
     import hashlib
 
     # A module that runs a schedule (the baselines) computes differently for another k: its schedule is part of it.
     schedule = repr(getattr(graph.module, "schedule", None))
     h = hashlib.sha256(json.dumps({"role": graph.role, "schedule": schedule, "io": repr(graph.io()), "backend": backend.name,
-                                   "options": repr(backend_options), "versions": backend.versions(),
+                                   "options": repr(backend_options), "quant": quant.key(), "versions": backend.versions(),
                                    "vmoe_export": __version__}, sort_keys=True).encode())
     for name, t in sorted(graph.module.state_dict().items()):
         t = t.detach().contiguous()
@@ -197,17 +259,18 @@ def artifact_key(graph: Graph, backend: Backend, backend_options: Any) -> str:
     return h.hexdigest()
 
 
-def convert(graph: Graph, backend: Backend, backend_options: Any, path: Path, cache: Path | None) -> None:
+def convert(graph: Graph, backend: Backend, backend_options: Any, path: Path, cache: Path | None,
+            quant: GraphQuant = FP32) -> None:
     """Write one graph's artifact to `path`: from the cache when it holds the same key, else by converting
     (and then filling the cache, atomically)."""
     if cache is None:
-        backend.export(graph, path, backend_options)
+        backend.export(graph, path, backend_options, quant)
         return
-    cached = Path(cache) / f"{artifact_key(graph, backend, backend_options)}{backend.suffix}"
+    cached = Path(cache) / f"{artifact_key(graph, backend, backend_options, quant)}{backend.suffix}"
     if not cached.exists():
         Path(cache).mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex[:8]}")
-        backend.export(graph, tmp, backend_options)
+        backend.export(graph, tmp, backend_options, quant)
         os.replace(tmp, cached) if tmp.is_file() else tmp.rename(cached)
     if cached.is_dir():
         shutil.copytree(cached, path)
@@ -228,14 +291,22 @@ def check_output_dir(out_dir: Path) -> Path:
 
 
 def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: torch.Tensor, test_labels: torch.Tensor,
-                  options: ExportOptions | None = None, log=print) -> tuple[Path, dict]:
-    """Export one target; returns (bundle dir, parity report). Raises ParityError on a parity failure."""
+                  options: ExportOptions | None = None, log=print, calibration_images: torch.Tensor | None = None,
+                  plan: dict[str, GraphQuant] | None = None) -> tuple[Path, dict]:
+    """Export one target; returns (bundle dir, parity report). Raises ParityError on a parity failure.
+    static-int8 needs `calibration_images` (uint8, from the training split) or a `plan` made by
+    quantize.plan (pass one to reuse a calibration across targets)."""
     options = options or ExportOptions()
     backend = get_backend(target)
     backend_options = backend.make_options(options.backend_options.get(target))
+    backend.check_quantization(options.quant.mode, backend_options)
+    options = replace(options, quant=options.quant.for_backend(backend.calibration))
     model = ckpt.build_model()
     schedule = model.schedule
     graphs = split_model(model)
+    if plan is None:
+        plan = make_plan(ckpt, graphs, schedule, options.quant, calibration_images, log)
+    n_calibration = 0 if calibration_images is None else min(len(calibration_images), options.quant.calibration_images)
     out_dir = check_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_partials(out_dir, log)
@@ -250,26 +321,32 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
             rel = artifact_relpath(g.spec, backend.suffix)
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            convert(g, backend, backend_options, path, options.artifact_cache)
+            quant = plan[g.name]
+            convert(g, backend, backend_options, path, options.artifact_cache, quant)
             io = g.io()
             entries[g.name] = {
                 "path": rel, "role": g.role, "layer": g.spec.layer, "expert": g.spec.expert,
                 "sha256": sha256_of(path), "size_bytes": size_of(path),
+                "quantization": {"mode": quant.mode, "calibration": quant.calibration},
                 "inputs": [t.to_json() for t in io.inputs], "outputs": [t.to_json() for t in io.outputs],
                 "flops": count_flops(g.module, tuple(g.inputs.values())), "params": count_params(g.module),
             }
-        manifest = build_manifest(ckpt, target, schedule, entries, backend, backend_options, options)
+        manifest = build_manifest(ckpt, target, schedule, entries, backend, backend_options, options, n_calibration)
         manifest["export_seconds"] = round(time.time() - t0, 2)
-        if options.golden_images:
-            n = options.golden_images
-            write_golden(tmp / "golden" / "golden.json", model, graphs, ckpt, test_images[:n], test_labels[:n])
         _write_json(tmp / MANIFEST, manifest)
 
-        report = _parity(backend, tmp, manifest, model, graphs, ckpt, test_images, test_labels, options)
+        report, runtime = _parity(backend, tmp, manifest, model, graphs, ckpt, test_images, test_labels, options)
         report["data"] = options.eval_data["description"]
-        if options.eval_data["kind"] == "synthetic":  # noise images have no labels: accuracy would mean nothing
-            for key in ("top1_accuracy_backend", "top1_accuracy_torch"):
-                report.pop(key, None)
+        if options.golden_images:
+            n = options.golden_images
+            if options.quant.quantized and runtime is not None:
+                source, produced_by = bundle_golden_source(runtime), f"this {target} bundle ({options.quant.mode})"
+            else:
+                source, produced_by = torch_golden_source(model, graphs), "PyTorch fp32"
+                if options.quant.quantized:
+                    log(f"{target}: golden vectors are PyTorch fp32 values: this quantized bundle cannot run here "
+                        "to record its own (the apps' exact checks need a bundle exported where it runs)")
+            write_golden(tmp / "golden" / "golden.json", schedule, source, ckpt, test_images[:n], test_labels[:n], produced_by)
         manifest["parity"] = report
         data = _write_json(tmp / MANIFEST, manifest)
         atomic_write_bytes(tmp / DIGEST, lambda f: f.write((manifest_digest(data) + "\n").encode()))
@@ -288,14 +365,25 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _parity(backend, bundle_dir: Path, manifest: dict, model, graphs, ckpt, images_u8, labels, options) -> dict:
+def _parity(backend, bundle_dir: Path, manifest: dict, model, graphs, ckpt, images_u8, labels, options
+            ) -> tuple[dict, BundleRuntime | None]:
     reason = backend.runtime_unavailable()
     if reason:
-        return verify_specs(backend, bundle_dir, manifest, reason)
-    n = min(options.parity_images, len(images_u8))
+        return verify_specs(backend, bundle_dir, manifest, reason), None
+    n = min(options.n_parity_images(), len(images_u8))
     x = preprocess(images_u8[:n], ckpt.config.mean, ckpt.config.std)
     runtime = BundleRuntime(bundle_dir, require_parity=False)  # the bundle being built has no parity yet
-    return check_bundle(runtime, model, graphs, x, labels[:n], options.bounds, options.progress)
+    labelled = options.eval_data["kind"] != "synthetic"  # noise images have no labels: accuracy would mean nothing
+    return check_bundle(runtime, model, graphs, x, labels[:n], options.parity_bounds(), options.progress, labelled), runtime
+
+
+def make_plan(ckpt: Checkpoint, graphs: list[Graph], schedule: Schedule, quant: QuantOptions,
+              calibration_images: torch.Tensor | None, log=print) -> dict[str, GraphQuant]:
+    """Each graph's quantization; static-int8 calibrates on `calibration_images` (uint8 N,C,H,W)."""
+    x = None
+    if quant.calibrated and calibration_images is not None:
+        x = preprocess(calibration_images[: quant.calibration_images], ckpt.config.mean, ckpt.config.std)
+    return quantize_plan(graphs, schedule, quant, x, log)
 
 
 def _publish(tmp: Path, final: Path) -> None:

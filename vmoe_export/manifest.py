@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from .errors import BundleError, ConfigError
 from .model import LIMITS, ModelConfig
+from .quantize import MODES, ROUTER_PRECISION
 from .schedule import ROLES, Schedule, ScheduleError, artifact_relpath
 
 MAX_GRAPHS = 4096
@@ -40,6 +41,16 @@ class TensorSpec(_Strict):
     dtype: Literal["float32"]
 
 
+class Calibration(_Strict):
+    source: Annotated[str, StringConstraints(max_length=MAX_NAME)]
+    samples: Annotated[int, Field(ge=1, le=2**31)]
+
+
+class GraphQuantization(_Strict):
+    mode: Literal[MODES]  # type: ignore[valid-type]
+    calibration: Calibration | None
+
+
 class GraphEntry(_Strict):
     path: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
     role: Literal[ROLES]  # type: ignore[valid-type]
@@ -51,6 +62,7 @@ class GraphEntry(_Strict):
     outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=8)]
     flops: Count
     params: Count
+    quantization: GraphQuantization | None = None  # absent in bundles written before quantization existed
 
 
 class ModelBlock(_Strict):
@@ -94,6 +106,19 @@ class EvalData(_Strict):
     description: Annotated[str, StringConstraints(max_length=MAX_NAME)]
 
 
+class CalibrationBlock(_Strict):
+    images: Annotated[int, Field(ge=1, le=2**31)]
+    strategy: Literal["routed", "all"]
+    min_samples: Annotated[int, Field(ge=1, le=2**31)]
+    source: Annotated[str, StringConstraints(max_length=MAX_NAME)]
+
+
+class QuantizationBlock(_Strict):
+    mode: Literal[MODES]  # type: ignore[valid-type]
+    router: Literal[ROUTER_PRECISION] | None = None  # type: ignore[valid-type]
+    calibration: CalibrationBlock | None = None
+
+
 class Parity(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
     status: Literal["pass", "skipped", "fail"]
@@ -108,6 +133,7 @@ class Manifest(_Strict):
     created_by: dict[Name, Annotated[str, StringConstraints(max_length=MAX_NAME)]]
     created_at: Annotated[str, StringConstraints(max_length=64)]
     backend_options: dict[str, Any]
+    quantization: QuantizationBlock = QuantizationBlock(mode="none")
     model: ModelBlock
     preprocessing: Preprocessing
     class_names: Annotated[list[Name], Field(min_length=2, max_length=100_000)]
@@ -212,11 +238,28 @@ def check(m: Manifest, suffix: str, runtime_unavailable: str | None, require_par
     params = {n: g.params for n, g in m.graphs.items()}
     if (m.model.params_total, m.model.params_active) != (schedule.total(params), schedule.active(params)):
         raise ManifestError("manifest params_total/params_active do not add up from the graphs")
+    _check_quantization(m)
     if m.golden not in (None, "golden/golden.json"):
         raise ManifestError(f"manifest golden {m.golden!r} should be 'golden/golden.json' or null")
     if require_parity:
         _check_parity(m, runtime_unavailable)
     return cfg, schedule
+
+
+def _check_quantization(m: Manifest) -> None:
+    """Every graph's mode follows from the bundle's quantization block: the block's mode, except a router
+    kept in fp32; calibration recorded exactly for static-int8 graphs."""
+    q = m.quantization
+    if (q.mode == "none") != (q.router is None) or (q.calibration is not None) != (q.mode == "static-int8"):
+        raise ManifestError(f"manifest quantization block {q.model_dump()} is inconsistent: re-export the bundle")
+    for name, g in m.graphs.items():
+        want = "none" if q.mode == "none" or (g.role == "router" and q.router == "fp32") else q.mode
+        got = g.quantization.mode if g.quantization is not None else "none"
+        if got != want:
+            raise ManifestError(f"graph {name}: quantization {got!r} but the bundle's quantization block says {want!r}: "
+                                "the manifest was edited; re-export the bundle")
+        if g.quantization is not None and (g.quantization.calibration is not None) != (want == "static-int8"):
+            raise ManifestError(f"graph {name}: calibration record does not match its mode {want!r}")
 
 
 def _check_parity(m: Manifest, runtime_unavailable: str | None) -> None:

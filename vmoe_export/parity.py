@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .bundle import safe_join
 from .errors import VmoeError
+from .quantize import power, snr_db
 from .schedule import Schedule
 from .split import Graph, GraphIO, run_split
 
@@ -27,9 +28,18 @@ SPLIT_VS_MODEL_TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class ParityBounds:
-    max_logit_diff: float = 1e-3
-    min_top1_agreement: float = 0.995
+    """What a bundle must meet against fp32 PyTorch. None: not bounded. An fp32 bundle is held to float
+    rounding; a quantized one to what quantization may cost (accuracy and routing), see `quantized`."""
+
+    max_logit_diff: float | None = 1e-3
+    min_top1_agreement: float | None = 0.995
     min_routing_agreement: float = 0.995
+    max_accuracy_drop: float | None = None  # fraction: 0.01 = one point of top-1 (labelled data only)
+
+    @classmethod
+    def quantized(cls, max_accuracy_drop: float = 0.01, min_routing_agreement: float = 0.97) -> "ParityBounds":
+        return cls(max_logit_diff=None, min_top1_agreement=None, min_routing_agreement=min_routing_agreement,
+                   max_accuracy_drop=max_accuracy_drop)
 
 
 class ParityError(VmoeError):
@@ -56,11 +66,13 @@ def reference_traces(model, graphs: list[Graph], schedule: Schedule, images: tor
 
 
 def check_bundle(runtime, model, graphs: list[Graph], images: torch.Tensor, labels: torch.Tensor,
-                 bounds: ParityBounds, progress: bool = True) -> dict:
-    """Parity of a loaded BundleRuntime against the split of `model` on preprocessed `images` (N,C,H,W)."""
+                 bounds: ParityBounds, progress: bool = True, labelled: bool = True) -> dict:
+    """Parity of a loaded BundleRuntime against the split of `model` on preprocessed `images` (N,C,H,W).
+    labelled=False (synthetic images): accuracy is neither reported nor bounded."""
     refs = reference_traces(model, graphs, runtime.schedule, images)
     n = len(images)
     stage_diff: dict[str, float] = {}
+    stage_power: dict[str, list[float]] = {}  # stage -> [signal, noise] sums of squares
     top1_same = route_same = correct = correct_torch = 0
     for i in tqdm(range(n), desc=f"parity {runtime.target}", disable=not progress or None, leave=False):
         ref = refs[i]
@@ -74,26 +86,42 @@ def check_bundle(runtime, model, graphs: list[Graph], images: torch.Tensor, labe
         for stage, value in pred.trace.items():
             # After a different routing decision later stages are not comparable.
             if stage in ("tokens", "router_logits") or same_route:
-                diff = float(np.abs(value.reshape(-1) - ref[stage].reshape(-1)).max())
+                got, want = value.reshape(-1), ref[stage].reshape(-1)
+                diff = float(np.abs(got - want).max())
                 stage_diff[stage] = max(stage_diff.get(stage, 0.0), diff)
+                acc = stage_power.setdefault(stage, [0.0, 0.0])
+                acc[0] += power(want)
+                acc[1] += power(want - got)
+        # Logits SNR over every image, routing flips included: what the user gets.
+        acc = stage_power.setdefault("logits (all images)", [0.0, 0.0])
+        acc[0] += power(ref["logits"])
+        acc[1] += power(ref["logits"].reshape(-1) - pred.logits.reshape(-1))
     report = {
         "status": "pass",
         "images": n,
         "logits_max_abs_diff": stage_diff.get("logits", 0.0),
+        "logits_snr_db": round(snr_db(*stage_power["logits (all images)"]), 2),
         "top1_agreement": top1_same / n,
         "routing_agreement": route_same / n,
-        "top1_accuracy_backend": correct / n,
-        "top1_accuracy_torch": correct_torch / n,
         "stage_max_abs_diff": stage_diff,
+        # Per stage over images routed as PyTorch routes them (later stages are not comparable otherwise).
+        "stage_snr_db": {k: round(snr_db(*v), 2) for k, v in stage_power.items() if k != "logits (all images)"},
         "bounds": asdict(bounds),
     }
+    if labelled:
+        report["top1_accuracy_backend"] = correct / n
+        report["top1_accuracy_torch"] = correct_torch / n
+        report["accuracy_delta"] = (correct - correct_torch) / n
     failures = []
-    if report["logits_max_abs_diff"] > bounds.max_logit_diff:
+    if bounds.max_logit_diff is not None and report["logits_max_abs_diff"] > bounds.max_logit_diff:
         failures.append(f"logits max abs diff {report['logits_max_abs_diff']:.2e} > {bounds.max_logit_diff:.0e}")
-    if report["top1_agreement"] < bounds.min_top1_agreement:
+    if bounds.min_top1_agreement is not None and report["top1_agreement"] < bounds.min_top1_agreement:
         failures.append(f"top-1 agreement {report['top1_agreement']:.4f} < {bounds.min_top1_agreement}")
     if report["routing_agreement"] < bounds.min_routing_agreement:
         failures.append(f"routing agreement {report['routing_agreement']:.4f} < {bounds.min_routing_agreement}")
+    if labelled and bounds.max_accuracy_drop is not None and -report["accuracy_delta"] > bounds.max_accuracy_drop:
+        failures.append(f"accuracy drops {-100 * report['accuracy_delta']:.2f} points > {100 * bounds.max_accuracy_drop:.2f} "
+                        "(--max-accuracy-drop)")
     if failures:
         report["status"] = "fail"
         report["failures"] = failures
@@ -128,6 +156,7 @@ def format_report(target: str, report: dict) -> str:
     line = (f"{target}: parity {report['status'].upper()} on {report['images']} test images: "
             f"logits max|diff| {report['logits_max_abs_diff']:.2e}, top-1 agreement {100 * report['top1_agreement']:.2f}%, "
             f"routing agreement {100 * report['routing_agreement']:.2f}%, "
+            + f"logits SNR {report['logits_snr_db']:.1f} dB, "
             + (f"accuracy {100 * report['top1_accuracy_backend']:.2f}% (torch {100 * report['top1_accuracy_torch']:.2f}%); "
                if "top1_accuracy_backend" in report else "")
             + f"per stage: {stages}")

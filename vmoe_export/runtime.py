@@ -158,6 +158,13 @@ class BundleRuntime:
         path = artifact_path(self.dir, self.manifest, name, self._verified)  # containment and sha256
         return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options)
 
+    def run_graph(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        """One graph of the bundle on numpy inputs (an expert's graphs are loaded through the cache)."""
+        if name in self.graphs:
+            return self.graphs[name](list(inputs))
+        expert = self._expert_of[name]
+        return self.experts.get(expert, {expert})[0][name](list(inputs))
+
     def expert_bytes(self, expert: int) -> int:
         return int(self.schedule.expert_total(self._sizes, expert))
 

@@ -8,6 +8,9 @@ backend is one new file plus its module name in REGISTRY; nothing else lists bac
 Backend modules import their converter and runtime packages inside functions, so listing
 backends, their options and capabilities costs nothing and works where a package is missing.
 
+`export(graph, path, options, quant)` receives the graph's quantize.GraphQuant: the mode to convert
+it in (one the backend declares) and, for static-int8, its calibration inputs.
+
 A runner takes the graph's inputs as float32 numpy arrays in manifest order and returns its
 outputs in manifest order, so the runtime never sees backend-specific tensor names.
 """
@@ -23,7 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import VmoeError
+from ..errors import ConfigError, VmoeError
+from ..quantize import GraphQuant
 from ..split import Graph, GraphIO
 
 # The registry: module names under vmoe_export.backends, in `--target all` order.
@@ -61,10 +65,15 @@ class Backend:
     suffix: str  # artifact file (or directory, for .mlpackage) suffix
     distributions: tuple[str, ...]  # pip packages it needs (their pins come from vmoe-export's own metadata)
     modules: tuple[str, ...]  # import names that must be importable
-    export: Callable[[Graph, Path, Any], None]  # (graph, artifact path, options instance)
+    export: Callable[[Graph, Path, Any, GraphQuant], None]  # (graph, artifact path, options instance, quantization)
     load: Callable[[Path, GraphIO, RunOptions], Runner]
     options: type = NoOptions  # frozen dataclass of this backend's export options
-    quantization: tuple[str, ...] = ("none",)  # quantization modes it supports
+    quantization: tuple[str, ...] = ("none",)  # quantization modes it supports (quantize.MODES names)
+    # Why a supported mode cannot be produced here with these options (e.g. needs macOS), or None.
+    quantization_unavailable: Callable[[str, Any], str | None] = lambda mode, options: None
+    # What static-int8's --calibration auto means here: "routed" (each expert on its routed images) unless
+    # measurements showed every-image calibration better for this backend (benchmarks/results/quantization.md).
+    calibration: str = "routed"
     runtime_unavailable: Callable[[], str | None] = lambda: None  # why its runtime cannot run here, or None
     check_artifact: Callable[[Path, GraphIO], None] | None = None  # structural check without running
     add_arguments: Callable[[argparse._ArgumentGroup], None] | None = None  # its CLI flags
@@ -74,6 +83,14 @@ class Backend:
 
     def versions(self) -> dict[str, str]:
         return {d: package_version(d) for d in ("torch", *self.distributions)}
+
+    def check_quantization(self, mode: str, options: Any) -> None:
+        """Raise ConfigError, before any work, when this backend cannot produce `mode` here."""
+        if mode not in self.quantization:
+            raise ConfigError(f"--quantize {mode} is not supported by {self.name}; it supports: {', '.join(self.quantization)}")
+        reason = self.quantization_unavailable(mode, options)
+        if reason:
+            raise ConfigError(f"--quantize {mode} on {self.name}: {reason}")
 
     def make_options(self, options: Any = None) -> Any:
         options = self.options() if options is None else options

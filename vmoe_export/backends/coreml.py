@@ -2,7 +2,13 @@
 
 Prediction needs Apple's Core ML framework, i.e. macOS; on other systems the bundle is
 verified structurally (spec inputs/outputs/shapes) and numeric parity is skipped.
-Optional weight compression with ct.optimize.coreml: int8 linear or 4-bit palettization.
+Quantization: weight-int8 is ct.optimize.coreml.linear_quantize_weights (per-channel symmetric
+int8). static-int8 (W8A8) is calibrated in PyTorch with PT2E (the same quantizer and calibration
+inputs as the ExecuTorch bundle) and converted by ct.convert, whose PyTorch frontend maps the
+quantize/dequantize ops to MIL (int8 constexpr weights, quantized activations). coremltools' own
+activation flow, linear_quantize_activations, calibrates by running the model in Core ML, i.e. only
+on macOS, and its PT2E CoreMLQuantizer imports torch.ao modules that torch 2.13 no longer has; this
+path works on every OS. 4-bit palettization stays a CoreML extra (--coreml-compress palettize4).
 """
 
 from __future__ import annotations
@@ -18,15 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..quantize import GraphQuant
 from ..split import Graph, GraphIO
-from . import Backend, BackendUnavailable, RunOptions
+from . import Backend, BackendUnavailable, RunOptions, _pt2e as pt2e
 
-COMPRESSION = ("none", "int8", "palettize4")
+COMPRESSION = ("none", "palettize4")
 
 
 @dataclass(frozen=True)
 class CoreMLOptions:
-    compress: str = "none"  # none | int8 (linear weights) | palettize4 (4-bit k-means)
+    compress: str = "none"  # none | palettize4 (4-bit k-means weights); int8 is --quantize weight-int8
     fp16: bool = False  # compute precision; fp32 by default
 
     def __post_init__(self) -> None:
@@ -36,8 +43,8 @@ class CoreMLOptions:
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--coreml-compress", default="none", choices=COMPRESSION,
-                       help="CoreML weight compression with ct.optimize.coreml: int8 linear or 4-bit k-means "
-                       "palettization (default none)")
+                       help="CoreML 4-bit k-means weight palettization with ct.optimize.coreml (default none); "
+                       "for int8 weights use --quantize weight-int8")
     group.add_argument("--coreml-fp16", action="store_true", help="CoreML compute precision fp16 (default fp32)")
 
 
@@ -52,9 +59,13 @@ def _ct():
     return ct
 
 
-def export(graph: Graph, path: Path, options: CoreMLOptions) -> None:
+def export(graph: Graph, path: Path, options: CoreMLOptions, quant: GraphQuant) -> None:
     ct = _ct()
-    exported = torch.export.export(graph.module, tuple(graph.inputs.values())).run_decompositions({})
+    example = tuple(graph.inputs.values())
+    exported = torch.export.export(graph.module, example)
+    if quant.mode == "static-int8":
+        exported = torch.export.export(pt2e.quantize(exported.module(), quant, example), example)
+    exported = exported.run_decompositions({})
     precision = ct.precision.FLOAT16 if options.fp16 else ct.precision.FLOAT32
     with contextlib.redirect_stderr(_io.StringIO()):  # coremltools draws a progress bar per MIL pass
         model = ct.convert(
@@ -66,8 +77,17 @@ def export(graph: Graph, path: Path, options: CoreMLOptions) -> None:
             outputs=[ct.TensorType(name=n) for n in graph.outputs],
             skip_model_load=True,
         )
+        if quant.mode == "weight-int8":
+            model = quantize_weights(model)
         model = compress(model, options.compress)
     model.save(str(path))
+
+
+def quantize_weights(model):
+    from coremltools.optimize import coreml as cto
+
+    config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
+    return cto.linear_quantize_weights(model, config)
 
 
 def compress(model, mode: str):
@@ -75,11 +95,15 @@ def compress(model, mode: str):
         return model
     from coremltools.optimize import coreml as cto
 
-    if mode == "int8":
-        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
-        return cto.linear_quantize_weights(model, config)
     config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=4))
     return cto.palettize_weights(model, config)
+
+
+def quantization_unavailable(mode: str, options: CoreMLOptions) -> str | None:
+    """Why a quantization mode cannot be produced with these options."""
+    if mode != "none" and options.compress != "none":
+        return f"--coreml-compress {options.compress} replaces the weights --quantize {mode} would quantize: pick one"
+    return None
 
 
 def runtime_unavailable() -> str | None:
@@ -122,6 +146,8 @@ def load(path: Path, io: GraphIO, run: RunOptions):
 
 BACKEND = Backend(
     "coreml", ".mlpackage", distributions=("coremltools",), modules=("coremltools",), export=export, load=load,
-    options=CoreMLOptions, runtime_unavailable=runtime_unavailable, check_artifact=check_artifact,
+    options=CoreMLOptions, quantization=("none", "weight-int8", "static-int8"),
+    quantization_unavailable=quantization_unavailable,
+    runtime_unavailable=runtime_unavailable, check_artifact=check_artifact,
     add_arguments=add_arguments, options_from_args=options_from_args, start_runtime=_ct,
 )

@@ -3,6 +3,11 @@ run with executorch's Python runtime (the same C++ runtime and XNNPACK kernels a
 
 Each graph is its own self-contained .pte (weights inside): XNNPACK keys external weights by
 content hash, so a shared .ptd would tie experts together and defeat loading one alone.
+
+Quantization is ExecuTorch's PT2E flow for XNNPACK: XNNPACKQuantizer with per-channel symmetric
+int8 weights (dynamic: activations quantized per call; static: ranges observed on the graph's
+calibration inputs), prepare_pt2e -> calibrate -> convert_pt2e, then lowered like fp32. XNNPACK
+has no weight-only int8 mode, so weight-int8 is not offered.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..quantize import GraphQuant
 from ..split import Graph, GraphIO
-from . import Backend, NoOptions, RunOptions
+from . import Backend, NoOptions, RunOptions, _pt2e as pt2e
 
 
-def export(graph: Graph, path: Path, options: NoOptions) -> None:
+def export(graph: Graph, path: Path, options: NoOptions, quant: GraphQuant) -> None:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    exported = torch.export.export(graph.module, tuple(graph.inputs.values()))
+    example = tuple(graph.inputs.values())
+    exported = torch.export.export(graph.module, example)
+    if quant.mode != "none":
+        exported = torch.export.export(pt2e.quantize(exported.module(), quant, example), example)
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     path.write_bytes(program.buffer)
 
@@ -54,4 +63,4 @@ def start_runtime() -> None:
     Runtime.get()
 
 BACKEND = Backend("executorch", ".pte", distributions=("executorch",), modules=("executorch",), export=export, load=load,
-                  start_runtime=start_runtime)
+                  quantization=("none", "dynamic-int8", "static-int8"), start_runtime=start_runtime)

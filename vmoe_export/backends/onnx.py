@@ -1,25 +1,62 @@
-"""ONNX via torch.onnx's dynamo exporter, run with onnxruntime's CPU provider."""
+"""ONNX via torch.onnx's dynamo exporter, run with onnxruntime's CPU provider.
+
+Quantization is onnxruntime.quantization's flow on the exported fp32 model: quant_pre_process
+(shape inference and graph optimisation), then quantize_dynamic (int8 per-channel weights,
+activations quantized per call) or quantize_static in QDQ format with a CalibrationDataReader over
+the graph's calibration inputs. Inputs and outputs stay float32.
+"""
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..quantize import GraphQuant
 from ..split import Graph, GraphIO
 from . import Backend, NoOptions, RunOptions
 
 
-def export(graph: Graph, path: Path, options: NoOptions) -> None:
+def export(graph: Graph, path: Path, options: NoOptions, quant: GraphQuant) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph.module, tuple(graph.inputs.values()), dynamo=True, verbose=False,
             input_names=list(graph.inputs), output_names=list(graph.outputs),
         )
-    program.save(str(path))
+    if quant.mode == "none":
+        program.save(str(path))
+        return
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        fp32, pre = Path(work) / "fp32.onnx", Path(work) / "pre.onnx"
+        program.save(str(fp32))
+        _quantize(fp32, pre, path, list(graph.inputs), quant)
+
+
+def _quantize(fp32: Path, pre: Path, path: Path, input_names: list[str], quant: GraphQuant) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(fp32), str(pre))
+        if quant.mode == "dynamic-int8":
+            quantize_dynamic(str(pre), str(path), weight_type=QuantType.QInt8, per_channel=True)
+            return
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter([{n: t.numpy() for n, t in zip(input_names, s, strict=True)} for s in quant.samples])
+
+            def get_next(self):
+                return next(self._it, None)
+
+        quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
 
 
 def load(path: Path, io: GraphIO, run: RunOptions):
@@ -45,4 +82,4 @@ def start_runtime() -> None:
 
 BACKEND = Backend("onnx", ".onnx", distributions=("onnx", "onnxscript", "onnxruntime"),
                   modules=("onnx", "onnxscript", "onnxruntime"), export=export, load=load,
-                  start_runtime=start_runtime)
+                  quantization=("none", "dynamic-int8", "static-int8"), start_runtime=start_runtime)

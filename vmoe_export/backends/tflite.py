@@ -1,4 +1,12 @@
-"""TFLite (LiteRT) via litert-torch, run with ai-edge-litert's Interpreter signature runner."""
+"""TFLite (LiteRT) via litert-torch, run with ai-edge-litert's Interpreter signature runner.
+
+Quantization is ai-edge-quantizer on the converted fp32 model, with its own recipes:
+dynamic_wi8_afp32, weight_only_wi8_afp32, and for static-int8 the static_wi8_ai8 configuration
+calibrated through the model's signature. Chosen over litert-torch's PT2E quantizer because it is
+the LiteRT team's current tool, works on the .tflite the fp32 path already writes, and offers all
+three modes. static_wi8_ai8 as shipped also turns the signature's inputs and outputs into int8;
+the INPUT and OUTPUT ops are excluded so the graph keeps float32 I/O like every other bundle.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +17,50 @@ from pathlib import Path
 
 import numpy as np
 
+from ..quantize import GraphQuant
 from ..split import Graph, GraphIO
 from . import Backend, NoOptions, RunOptions
 
 
-def export(graph: Graph, path: Path, options: NoOptions) -> None:
+def export(graph: Graph, path: Path, options: NoOptions, quant: GraphQuant) -> None:
     import litert_torch
 
-    # litert-torch prints a progress tree per conversion; keep the export's own progress readable.
+    # litert-torch and ai-edge-quantizer print progress and reports; keep the export's own progress readable.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(_io.StringIO()):
         model = litert_torch.convert(graph.module.eval(), tuple(graph.inputs.values()))
         model.export(str(path))
+        if quant.mode != "none":
+            path.write_bytes(_quantize(path, quant))
+
+
+def _quantize(fp32: Path, quant: GraphQuant) -> bytes:
+    from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    q = quantizer.Quantizer(str(fp32))
+    if quant.mode == "dynamic-int8":
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        return q.quantize().quantized_model
+    if quant.mode == "weight-int8":
+        q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+        return q.quantize().quantized_model
+    rm = recipe_manager.RecipeManager()
+    rm.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
+    for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        rm.add_quantization_config(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    q.load_quantization_recipe(rm.get_quantization_recipe())
+    names = _input_names(fp32)
+    data = {SIGNATURE: [{n: t.numpy() for n, t in zip(names, s, strict=True)} for s in quant.samples]}
+    return q.quantize(q.calibrate(data)).quantized_model
+
+
+SIGNATURE = "serving_default"
+
+
+def _input_names(path: Path) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return sorted(Interpreter(model_path=str(path)).get_signature_list()[SIGNATURE]["inputs"], key=_position)
 
 
 def load(path: Path, io: GraphIO, run: RunOptions):
@@ -48,6 +89,11 @@ def _position(name: str) -> int:
 def start_runtime() -> None:
     from ai_edge_litert.interpreter import Interpreter  # noqa: F401
 
-BACKEND = Backend("tflite", ".tflite", distributions=("litert-torch", "ai-edge-litert"),
-                  modules=("litert_torch", "ai_edge_litert"), export=export, load=load,
-                  start_runtime=start_runtime)
+BACKEND = Backend("tflite", ".tflite", distributions=("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
+                  modules=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), export=export, load=load,
+                  quantization=("none", "dynamic-int8", "static-int8", "weight-int8"), start_runtime=start_runtime,
+                  # ai-edge-quantizer's static recipe takes plain min/max ranges: on the toy's 2,000-image ablation,
+                  # experts calibrated on their routed images alone (38-85 of 256) scored 27.0 dB mean expert SNR,
+                  # on every image 31.1 dB, with equal accuracy and routing. (XNNPACK's histogram observers and
+                  # ONNX Runtime do better with routed calibration: 33.3 vs 30.3 dB and 32.8 vs 28.9 dB.)
+                  calibration="all")

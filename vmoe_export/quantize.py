@@ -1,0 +1,155 @@
+"""Quantization plans: which mode each graph is converted in, and the calibration inputs each one sees.
+
+The modes carry the ecosystem's names; every backend maps them to its own official flow (see the
+backend modules) and declares which it supports:
+
+    dynamic-int8  int8 weights, activations quantized on the fly per call (no calibration)
+    static-int8   int8 weights and activations, activation ranges from calibration data (W8A8)
+    weight-int8   int8 weights, float compute (smaller files, no int8 kernels)
+
+Calibration respects routing. Trunk, router, shared attention and head see every calibration
+image; an expert graph sees only the hidden states of the images the fp32 model routes to that
+expert, the distribution it meets on device. An expert routed fewer than `min_samples` images
+falls back to the hidden states of every image at its layer, and the plan says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .schedule import MoELayer, Schedule, execute
+from .split import Graph, torch_select
+
+MODES = ("none", "dynamic-int8", "static-int8", "weight-int8")
+CALIBRATION = ("auto", "routed", "all")  # auto: the backend's measured choice (Backend.calibration)
+ROUTER_PRECISION = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    mode: str = "none"
+    calibration_images: int = 256  # drawn from the training split, never the parity images
+    calibration: str = "auto"  # routed: each expert on its routed images; all: every expert on every image
+    min_samples: int = 16  # fewer routed calibration images than this: the expert calibrates on all images
+    # The router decides which experts run; a quantized router can flip them. fp32 was chosen from the
+    # routing-agreement ablation in benchmarks/results/quantization.md.
+    router: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("quantize", self.mode, MODES), ("calibration", self.calibration, CALIBRATION),
+                                     ("router precision", self.router, ROUTER_PRECISION)):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} '{value}'; choose one of: {', '.join(allowed)}")
+        if self.calibration_images < 1 or self.min_samples < 1:
+            raise ConfigError("--calibration-images and --min-calibration-samples must be at least 1")
+
+    def for_backend(self, default_calibration: str) -> "QuantOptions":
+        """These options with 'auto' calibration resolved to the backend's own default."""
+        from dataclasses import replace
+
+        return replace(self, calibration=default_calibration) if self.calibration == "auto" else self
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode != "none"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.mode == "static-int8"
+
+
+@dataclass(frozen=True)
+class GraphQuant:
+    """How one graph is converted. `samples`: calibration inputs, one tuple per sample (batch 1)."""
+
+    mode: str = "none"
+    samples: tuple[tuple[torch.Tensor, ...], ...] = field(default=(), repr=False, compare=False)
+    calibration: dict | None = None  # what the manifest records: {"source": ..., "samples": n}
+
+    def key(self) -> str:
+        """Identifies the conversion for the artifact cache: the mode and the calibration data itself."""
+        h = hashlib.sha256(self.mode.encode())
+        for sample in self.samples:
+            for t in sample:
+                h.update(t.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+FP32 = GraphQuant()
+
+
+@torch.no_grad()
+def record_inputs(graphs: list[Graph], schedule: Schedule, images: torch.Tensor) -> tuple[dict, dict]:
+    """Run the fp32 split on each image (batch 1, as on device) and record every graph's inputs as it is
+    called: routed experts receive only their images. Also returns, per MoE layer, every image's
+    hidden state (the input all experts of that layer would see): the fallback calibration set."""
+    by_name = {g.name: g for g in graphs}
+    seen: dict[str, list[tuple[torch.Tensor, ...]]] = {g.name: [] for g in graphs}
+    layer_hidden: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+    attention_layer = {step.attention: step.layer for step in schedule.steps if isinstance(step, MoELayer)}
+
+    def run(name, *xs):
+        seen[name].append(tuple(x.clone() for x in xs))
+        outs = by_name[name].run(*xs)
+        if name in attention_layer:
+            layer_hidden.setdefault(attention_layer[name], []).append((outs[1].clone(),))
+        return outs
+
+    select = torch_select(schedule.top_k)
+    for b in range(images.shape[0]):
+        execute(schedule, run, select, images[b : b + 1])
+    return seen, layer_hidden
+
+
+def plan(graphs: list[Graph], schedule: Schedule, options: QuantOptions, calibration: torch.Tensor | None,
+         log=print) -> dict[str, GraphQuant]:
+    """Each graph's GraphQuant. `calibration`: preprocessed calibration images (N,C,H,W); required for
+    static-int8."""
+    if not options.quantized:
+        return {g.name: FP32 for g in graphs}
+    mode_of = {g.name: ("none" if g.role == "router" and options.router == "fp32" else options.mode) for g in graphs}
+    if not options.calibrated:
+        return {g.name: GraphQuant(mode_of[g.name]) for g in graphs}
+    if options.calibration == "auto":
+        raise ValueError("resolve 'auto' calibration with QuantOptions.for_backend before planning")
+    if calibration is None or len(calibration) == 0:
+        raise ConfigError("static-int8 needs calibration images (from the training split)")
+    seen, layer_hidden = record_inputs(graphs, schedule, calibration)
+    out = {}
+    for g in graphs:
+        if mode_of[g.name] == "none":
+            out[g.name] = FP32
+            continue
+        samples, source = seen[g.name], "all-images"
+        if g.role == "expert":
+            if options.calibration == "all":
+                samples, source = layer_hidden[g.spec.layer], "all-images (ablation: every expert on every image)"
+            elif len(samples) >= options.min_samples:
+                source = "routed"
+            else:
+                log(f"calibration: {g.name} was routed {len(samples)} of {len(calibration)} calibration images "
+                    f"(< {options.min_samples}); it calibrates on all {len(calibration)} images at its layer instead")
+                source = f"all-images (fallback: only {len(samples)} routed, minimum {options.min_samples})"
+                samples = layer_hidden[g.spec.layer]
+        out[g.name] = GraphQuant(mode_of[g.name], tuple(samples), {"source": source, "samples": len(samples)})
+    return out
+
+
+MAX_SNR_DB = 200.0  # reported for identical outputs (JSON has no infinity)
+
+
+def snr_db(signal: float, noise: float) -> float:
+    """Signal-to-noise ratio in dB from sums of squares (reference, reference - value): scale-free, the
+    PSNR-style check Apple's ml-stable-diffusion applies to converted chunks."""
+    if noise <= 0.0:
+        return MAX_SNR_DB
+    return min(MAX_SNR_DB, 10.0 * float(np.log10(max(signal, 1e-30) / noise)))
+
+
+def power(x: np.ndarray) -> float:
+    return float((np.asarray(x, dtype=np.float64) ** 2).sum())
