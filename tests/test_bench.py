@@ -153,6 +153,17 @@ def test_bench_cli_on_an_image_folder_model(tmp_path, image_folder):
     assert "onnx: split" in r.stdout
     report = json.loads((tmp_path / "r" / "bench.json").read_text())
     assert report["model"]["config"]["num_classes"] == 3 and report["settings"]["quick"]
+    # int8 beside fp32 in one run; static-int8 calibrates on the folder's train/ images.
+    r = subprocess.run(args + ["--data-dir", str(image_folder), "--quantize", "dynamic-int8", "static-int8"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "r" / "bench.json").read_text())["quantized"]
+    assert [(q["backend"], q["mode"]) for q in rows] == [("onnx", "dynamic-int8"), ("onnx", "static-int8")]
+    assert all(0 < q["size_ratio"] < 1 and q["latency_ms"] > 0 for q in rows)
+    manifest = json.loads((tmp_path / "b" / "static-int8" / "onnx" / "manifest.json").read_text())
+    assert manifest["quantization"]["calibration"]["images"] > 0
+    assert "## Quantized bundles against fp32" in (tmp_path / "r" / "README.md").read_text()
+    assert "onnx static-int8: size x" in r.stdout
 
 
 def _load_script(name):

@@ -33,6 +33,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="threads per runtime and for eager torch (default 1, like one big phone core)")
     p.add_argument("--quick", action="store_true", help="few runs, for CI and smoke checks (under two minutes)")
     p.add_argument("--images", type=int, default=64, help="test images cycled through (different images take different routes)")
+    from ..quantize import MODES
+
+    p.add_argument("--quantize", nargs="+", default=[], choices=[m for m in MODES if m != "none"], metavar="MODE",
+                   help="also benchmark int8 bundles of these modes against fp32 (size, latency end to end and per "
+                   "stage, cold expert load, accuracy and routing from their parity), each on the backends that offer "
+                   "it; bundles live in BUNDLES/<mode>/<target>/ and are exported when missing (parity on 500 images)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -51,6 +57,37 @@ def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, data, pr
                                     eval_data={"kind": data.kind, "description": data.description})
             export_bundle(ckpt, t, bundles_dir, data.split.images, data.split.labels, options)
         found[t] = path
+    return found
+
+
+def find_or_export_quantized(targets: list[str], modes: list[str], bundles_dir: Path, ckpt, data, args,
+                             progress: bool) -> dict[str, dict[str, Path]]:
+    """{mode: {target: bundle}} for every requested mode a target offers (skipped targets are named)."""
+    from ..backends import describe
+    from ..data import calibration_split
+    from ..export import ExportOptions, export_bundle
+    from ..quantize import QuantOptions
+
+    cfg = ckpt.config
+    found: dict[str, dict[str, Path]] = {}
+    calibration = None
+    for mode in modes:
+        for t in targets:
+            if mode not in describe(t).quantization:
+                print(f"vmoe-bench: {t} has no {mode} mode: skipped", file=sys.stderr)
+                continue
+            path = bundles_dir / mode / t
+            if not (path / "manifest.json").exists():
+                quant = QuantOptions(mode)
+                if quant.calibrated and calibration is None:
+                    calibration = calibration_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"),
+                                                    cfg.image_size, cfg.in_chans, quant.calibration_images)[0].images
+                print(f"no {mode} {t} bundle in {bundles_dir / mode}: exporting one (parity on 500 images)", file=sys.stderr)
+                options = ExportOptions(parity_images=500, progress=progress, quant=quant,
+                                        eval_data={"kind": data.kind, "description": data.description})
+                export_bundle(ckpt, t, bundles_dir / mode, data.split.images, data.split.labels, options,
+                              calibration_images=calibration)
+            found.setdefault(mode, {})[t] = path
     return found
 
 
@@ -87,9 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             dense = MobileVMoE(cfg.dense_twin()).eval()
         data = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
         bundles = find_or_export_bundles(targets, args.bundles, ckpt, data, not args.quiet)
+        quantized = find_or_export_quantized(targets, args.quantize, args.bundles, ckpt, data, args, not args.quiet)
+        for by_target in quantized.values():
+            check_bundles_match(by_target, model, source)
         check_bundles_match(bundles, model, source)
         s = BenchSettings.make(args.quick, args.threads)
         report = run_benchmarks(bundles, model, dense, s, data.split.images[: args.images], not args.quiet)
+        if quantized:
+            report["quantized"] = bench_quantized(quantized, report, s, data.split.images[: args.images], cfg)
         report["data"] = {"kind": data.kind, "description": data.description}
         write_report(report, args.out)
     except user_errors() as e:
@@ -103,4 +145,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{target}: split {b['split']['end_to_end']['median_ms']:.3f} ms | dense twin {b['dense_twin']['median_ms']:.3f} ms "
               f"(x{r['split_over_dense_twin']:.2f}) | monolithic {b['monolithic']['median_ms']:.3f} ms (x{r['split_over_monolithic']:.2f}) "
               f"| eager model x{r['split_over_eager_model']:.2f} | cold expert load {b['split']['expert_cold_load']['median_ms']:.2f} ms")
+    for row in report.get("quantized", []):
+        print(f"{row['backend']} {row['mode']}: size x{row['size_ratio']:.2f} of fp32 | latency {row['latency_ms']:.3f} ms "
+              f"(x{row['latency_ratio']:.2f}) | {row['parity_summary']}")
     return 0
+
+
+def bench_quantized(quantized: dict, report: dict, s, images_u8, cfg) -> list[dict]:
+    """Each int8 bundle against its backend's fp32 bundle from the same run: size and latency ratios, per-stage
+    times, cold expert load, and what its parity measured against fp32 PyTorch."""
+    from ..bundle import read_manifest
+    from ..data import preprocess
+    from .measure import bench_bundle
+
+    images = [preprocess(images_u8[i : i + 1], cfg.mean, cfg.std).numpy() for i in range(len(images_u8))]
+    rows = []
+    for mode, by_target in quantized.items():
+        for t, path in by_target.items():
+            fp32 = report["backends"][t]
+            fp32_bytes = sum(g["size_bytes"] for g in read_manifest(Path(fp32["bundle"]))["graphs"].values())
+            m = read_manifest(path)
+            timing = bench_bundle(path, images, s)
+            size = sum(g["size_bytes"] for g in m["graphs"].values())
+            p = m["parity"]
+            summary = (f"accuracy {100 * p['accuracy_delta']:+.2f} pts vs fp32, " if "accuracy_delta" in p else "") + \
+                f"routing agreement {100 * p['routing_agreement']:.2f}%, logits SNR {p['logits_snr_db']:.1f} dB on {p['images']} images"
+            rows.append({"backend": t, "mode": mode, "size_bytes": size, "size_ratio": size / fp32_bytes,
+                         "latency_ms": timing["end_to_end"]["median_ms"],
+                         "latency_ratio": timing["end_to_end"]["median_ms"] / fp32["split"]["end_to_end"]["median_ms"],
+                         "stages_ms": {k: v["median_ms"] for k, v in timing["stages"].items()},
+                         "expert_cold_load_ms": timing["expert_cold_load"]["median_ms"],
+                         "parity": {k: p.get(k) for k in ("images", "accuracy_delta", "routing_agreement", "top1_agreement",
+                                                          "logits_snr_db")},
+                         "parity_summary": summary})
+    return rows

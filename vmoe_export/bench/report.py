@@ -180,6 +180,17 @@ def markdown(r: dict) -> str:
                          f"{mem['all_experts_mb']:.2f} MiB | {mem['first_image_growth_mb']:.2f} MiB | "
                          f"{mem['expert_marginal_over_bytes']:.2f}x | {mem['peak_rss'] / 2**20:.0f} MiB |")
     lines += ["", "![memory](memory.png)", ""]
+    if r.get("quantized"):
+        lines += ["## Quantized bundles against fp32 (same run)", "",
+                  "Size and latency ratios are against the same backend's fp32 bundle above; accuracy, routing and SNR "
+                  "come from each bundle's own parity report against fp32 PyTorch.", "",
+                  "| backend | mode | size | size / fp32 | latency ms | latency / fp32 | cold expert load ms | parity |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for q in r["quantized"]:
+            lines.append(f"| {q['backend']} | {q['mode']} | {q['size_bytes'] / 1e6:.2f} MB | {q['size_ratio']:.2f} | "
+                         f"{q['latency_ms']:.3f} | {q['latency_ratio']:.2f} | {q['expert_cold_load_ms']:.2f} | "
+                         f"{q['parity_summary']} |")
+        lines.append("")
     return "\n".join(lines)
 
 
