@@ -84,16 +84,17 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_gloo_ranks_matches_single_process(tmp_path, image_folder):
+@pytest.mark.parametrize("moe_init", ["scratch", "dense"])
+def test_torchrun_two_gloo_ranks_matches_single_process(tmp_path, image_folder, moe_init):
     """2 ranks x half batch with DDP's gradient averaging = 1 process with the full batch."""
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(dict(tiny_config(num_classes=3, num_experts=2).to_dict(), name="ddp-test")))
     common = ["--config", str(cfg_path), "--data-dir", str(image_folder), "--dense-epochs", "2", "--moe-epochs", "2",
-              "--batch-size", "16", "--warmup-steps", "3", "--no-augment", "--threads", "1"]
+              "--batch-size", "16", "--warmup-steps", "3", "--no-augment", "--threads", "1", "--moe-init", moe_init]
     bindir = Path(sys.executable).parent
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ddp = subprocess.run(
-        [str(bindir / "torchrun"), "--nproc-per-node=2", "--master-port=29517", "--no-python", str(bindir / "vmoe-train"),
+        [str(bindir / "torchrun"), "--nproc-per-node=2", f"--master-port={29517 + (moe_init == 'dense')}", "--no-python", str(bindir / "vmoe-train"),
          *common, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "world size 2" in ddp.stdout
@@ -103,3 +104,46 @@ def test_torchrun_two_gloo_ranks_matches_single_process(tmp_path, image_folder):
     a, b = _weights(tmp_path / "ddp" / "model.pt"), _weights(tmp_path / "single" / "model.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-4, rtol=1e-3, msg=k)
+
+
+def test_upcycled_moe_starts_as_its_dense_twin():
+    """Every expert a copy of the dense MLP and the rest shared: with all experts selected (k=E, gates summing
+    to 1) the upcycled MoE computes exactly the dense model's function before training. (At k < E the mix is
+    scaled by the selected gates' share of the softmax, as the paper's routing defines it.)"""
+    from vmoe_export.model import MobileVMoE, upcycle
+
+    torch.manual_seed(0)
+    cfg = tiny_config(top_k=3)
+    dense, moe = MobileVMoE(cfg.dense_twin()).eval(), MobileVMoE(cfg).eval()
+    router_before = {k: v.clone() for k, v in moe.state_dict().items() if k.startswith("router.")}
+    upcycle(moe, dense)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x)[0], dense(x)[0], atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(moe.state_dict()[k], v) for k, v in router_before.items())  # router keeps its own init
+    e = moe.moe_blocks[0].experts
+    assert torch.equal(e[0].fc1.weight, e[2].fc1.weight) and e[0].fc1.weight.data_ptr() != e[2].fc1.weight.data_ptr()
+
+
+def test_upcycling_refuses_a_dense_model_of_another_width():
+    from vmoe_export.errors import ConfigError
+    from vmoe_export.model import MobileVMoE, upcycle
+
+    with pytest.raises(ConfigError, match="not the dense twin"):
+        upcycle(MobileVMoE(tiny_config()), MobileVMoE(tiny_config(embed_dim=32).dense_twin()))
+    with pytest.raises(ValueError, match="unknown --moe-init"):
+        TrainConfig(moe_init="copy")
+
+
+def test_upcycled_training_resumes_after_kill_and_records_its_init(tmp_path):
+    ds = synthetic_dataset()
+    cfg = TrainConfig(dense_epochs=2, moe_epochs=2, batch_size=32, warmup_steps=5, augment=False, moe_init="dense")
+    m = run_training(tiny_config(), ds, cfg, tmp_path / "full")
+    assert m["moe_init"] == "dense" and "sparse upcycling" in (tmp_path / "full" / "card.md").read_text()
+    with pytest.raises(_Interrupt):
+        run_training(tiny_config(), ds, cfg, tmp_path / "resumed", stop_after=("moe", 1))
+    run_training(tiny_config(), ds, cfg, tmp_path / "resumed")
+    a, b = _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    scratch = _weights(run_training(tiny_config(), ds, CFG, tmp_path / "scratch") and tmp_path / "scratch" / "model.pt")
+    assert not all(torch.equal(a[k], scratch[k]) for k in a)

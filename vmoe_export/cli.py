@@ -41,6 +41,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help=f"share of the training set held out for the dense model's confusion matrix (default {d.holdout_fraction})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed for init, shuffling and clustering (default {d.seed})")
     p.add_argument("--no-augment", action="store_true", help="disable random shift + horizontal flip")
+    p.add_argument("--moe-init", default=d.moe_init, choices=["scratch", "dense"],
+                   help="initialise the MoE from scratch, or by sparse upcycling from the dense twin trained first "
+                   f"(shared weights copied, every expert a copy of the dense MLP, router fresh) (default {d.moe_init})")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0 = all; for smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT instead of refusing")
@@ -77,7 +80,7 @@ def train_main(argv: list[str] | None = None) -> int:
             dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, router_weight=args.router_weight,
             holdout_fraction=args.holdout_fraction, seed=args.seed, augment=not args.no_augment,
-            train_limit=args.train_limit,
+            train_limit=args.train_limit, moe_init=args.moe_init,
         )
         init_distributed()
         command = shlex.join(["vmoe-train", *(sys.argv[1:] if argv is None else argv)])

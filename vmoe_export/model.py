@@ -370,3 +370,28 @@ def graph_params(model: MobileVMoE) -> dict[str, int]:
 def active_params(model: MobileVMoE) -> int:
     """Parameters one image touches: the shared graphs and k experts."""
     return int(model.schedule.active(graph_params(model)))
+
+
+@torch.no_grad()
+def upcycle(moe: MobileVMoE, dense: MobileVMoE) -> None:
+    """Sparse upcycling (Komatsuzaki et al., 2023): start the MoE from its trained dense twin. Everything shared
+    is copied (patch and position embeddings, dense blocks, each MoE layer's attention and norms, final norm,
+    head); every expert of an MoE layer starts as a copy of the dense MLP at that depth; the router keeps its
+    fresh init, so the experts diverge as the router loss sends each super-class to its own expert."""
+    want = moe.cfg.dense_twin()
+    if dense.cfg.moe_layers != 0 or replace(dense.cfg, name=want.name) != want:
+        raise ConfigError(f"cannot upcycle from dense model '{dense.cfg.name}': it is not the dense twin of "
+                          f"'{moe.cfg.name}' (same widths, depth, patch size and classes, moe_layers 0); "
+                          "train the dense twin of this config, or use --moe-init scratch")
+    source = dense.state_dict()
+    first_moe = moe.cfg.depth - moe.cfg.moe_layers
+    state = moe.state_dict()
+    for key in state:
+        parts = key.split(".")
+        if parts[0] == "router":
+            continue
+        if parts[0] == "moe_blocks":  # moe_blocks.j.<attn|norm*>... or moe_blocks.j.experts.e.<mlp param>
+            rest = ["mlp", *parts[4:]] if parts[2] == "experts" else parts[2:]
+            parts = ["blocks", str(first_moe + int(parts[1])), *rest]
+        state[key] = source[".".join(parts)].clone()
+    moe.load_state_dict(state)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from . import interrupt
 from .checkpoint import Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 from .data import Dataset, Split, augment, holdout_split, preprocess
-from .model import MobileVMoE, ModelConfig, count_params, active_params, route
+from .model import MobileVMoE, ModelConfig, active_params, count_params, route, upcycle
 from .superclass import confusion_matrix, describe, superclasses_from_confusion
 
 
@@ -42,6 +42,15 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     train_limit: int = 0  # use only the first N training images (0 = all): smoke tests
+    # scratch: the MoE starts from its own init; dense: sparse upcycling from the dense twin trained in stage (a)
+    moe_init: str = "scratch"
+
+    def __post_init__(self) -> None:
+        if self.moe_init not in MOE_INIT:
+            raise ValueError(f"unknown --moe-init '{self.moe_init}'; choose one of: {', '.join(MOE_INIT)}")
+
+
+MOE_INIT = ("scratch", "dense")
 
 
 class _Interrupt(Exception):
@@ -242,15 +251,20 @@ def run_training(
     conf = confusion_matrix(predict(dense, holdout)["pred"], holdout.labels, model_cfg.num_classes)
     superclass_of = superclasses_from_confusion(conf, model_cfg.num_experts, seed=cfg.seed)
     log("super-classes: " + " | ".join(", ".join(g) for g in describe(superclass_of, dataset.class_names)))
-    # (d) the MoE with router supervision
+    # (d) the MoE with router supervision, from its own init or upcycled from the dense twin (a resumed run
+    # then loads its saved weights over either)
     torch.manual_seed(cfg.seed)
-    moe = _train_stage("moe", MobileVMoE(model_cfg), fit, names, cfg.moe_epochs, cfg, state / "moe.pt",
+    moe = MobileVMoE(model_cfg)
+    if cfg.moe_init == "dense":
+        upcycle(moe, dense)
+    moe = _train_stage("moe", moe, fit, names, cfg.moe_epochs, cfg, state / "moe.pt",
                        superclass_of=superclass_of, stop_after_epoch=stop.get("moe"))
 
     metrics = {
         "dataset": dataset.name,
         "dense": {**evaluate(dense, dataset.test), "params": count_params(dense)},
         "moe": {**evaluate(moe, dataset.test, superclass_of), "params": count_params(moe), "active_params": active_params(moe)},
+        "moe_init": cfg.moe_init,
         "superclasses": describe(superclass_of, dataset.class_names),
         "holdout_confusion": conf.tolist(),
         "train_config": asdict(cfg),
@@ -271,6 +285,13 @@ def run_training(
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+_INIT_TEXT = {
+    "scratch": "from scratch (the MoE's own random init), trained for the MoE epochs after the dense twin.",
+    "dense": "sparse upcycling: shared weights and every expert copied from the trained dense twin (experts = its "
+             "MLP at that depth), router fresh; the MoE had dense epochs + MoE epochs of training in all.",
+}
 
 
 def model_card(cfg: ModelConfig, m: dict) -> str:
@@ -296,6 +317,8 @@ Mobile V-MoE (per-image routing, arXiv 2309.04354) trained by vmoe-export on {m[
 ```
 
 Training options: `{json.dumps(m['train_config'])}`
+
+MoE initialisation: {_INIT_TEXT[m.get('moe_init', 'scratch')]}
 
 ## Results on the {m['moe']['images']}-image test set
 
