@@ -203,3 +203,34 @@ def test_data_dir_that_does_not_fit_the_config(tmp_path, capsys, image_folder):
                                           "--data-dir", str(small), "--output", str(tmp_path / "b")], capsys)
     assert code == 2 and "upscaled over 2x" in err[0]
     assert not (tmp_path / "b").exists()
+
+
+def test_train_bad_data_sets_are_one_error_line(tmp_path, image_folder):
+    """Fewer classes than experts, an empty class folder: one error line naming the fix, exit 2, nothing
+    written. A corrupt image among readable ones is skipped and counted instead."""
+    import json
+    import shutil
+
+    from conftest import tiny_config
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(dict(tiny_config(num_classes=3, num_experts=4).to_dict(), name="too-many-experts")))
+    r = run("vmoe-train", "--config", str(cfg), "--data-dir", str(image_folder), "--out", str(tmp_path / "o1"))
+    assert r.returncode == 2 and "num_experts 4 exceeds the 3 classes" in _error_line(r), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "o1").exists()
+
+    root = tmp_path / "f"
+    shutil.copytree(image_folder, root)
+    for f in (root / "test" / "b").iterdir():
+        f.unlink()
+    cfg.write_text(json.dumps(dict(tiny_config(num_classes=3, num_experts=2).to_dict(), name="ok")))
+    r = run("vmoe-train", "--config", str(cfg), "--data-dir", str(root), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "test/b has no images" in _error_line(r) and "remove the folder" in _error_line(r)
+    assert not (tmp_path / "o2").exists()
+
+    (root / "test" / "b" / "0.png").write_bytes((image_folder / "test" / "b" / "0.png").read_bytes())
+    (root / "train" / "a" / "bad.png").write_bytes(b"garbage")
+    r = run("vmoe-train", "--config", str(cfg), "--data-dir", str(root), "--out", str(tmp_path / "o3"),
+            "--dense-epochs", "1", "--moe-epochs", "1", "--batch-size", "32", "--threads", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "vmoe-train: skipped 1 unreadable image(s) in f (first: cannot read image" in r.stderr

@@ -53,6 +53,34 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path, 8, 1)
 
 
+def _copy_folder(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, image_folder):
+    root = _copy_folder(image_folder, tmp_path / "f")
+    (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (root / "test" / "b" / "empty.jpg").write_bytes(b"")
+    ds = load_image_folder(root, 8, 1)
+    assert len(ds.train) == 180 and len(ds.test) == 15  # every readable image, nothing else
+    assert len(ds.skipped) == 2 and any("broken.png" in s for s in ds.skipped)
+    assert ds.skipped_note().startswith("skipped 2 unreadable image(s) in f (first: cannot read image ")
+
+
+@pytest.mark.parametrize("how", ["empty", "unreadable"])
+def test_class_folder_without_readable_images_is_refused(tmp_path, image_folder, how):
+    root = _copy_folder(image_folder, tmp_path / "f")
+    for f in (root / "train" / "c").iterdir():
+        f.unlink()
+    if how == "unreadable":
+        (root / "train" / "c" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"class folder .*train/c has no (readable )?images.*add images to it or remove"):
+        load_image_folder(root, 8, 1)
+
+
 def test_checkpoint_round_trip(tmp_path):
     cfg = tiny_config()
     model = MobileVMoE(cfg)

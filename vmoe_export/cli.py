@@ -76,6 +76,8 @@ def train_main(argv: list[str] | None = None) -> int:
         if (out / "model.pt").exists() and not args.overwrite:
             raise FileExistsError(f"{out} already holds a finished run (model.pt); pass --overwrite or another --out")
         dataset = load_dataset(args.data_dir, model_cfg.image_size, model_cfg.in_chans)
+        if dataset.skipped:
+            print(f"vmoe-train: {dataset.skipped_note()}", file=sys.stderr)
         cfg = TrainConfig(
             dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, router_weight=args.router_weight,

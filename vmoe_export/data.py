@@ -47,6 +47,13 @@ class Dataset:
     class_names: tuple[str, ...]
     train: Split
     test: Split
+    skipped: tuple[str, ...] = ()  # "path: reason" for each image that could not be read (ImageFolder)
+
+    def skipped_note(self) -> str:
+        """One line for the log when images were skipped, else ''."""
+        if not self.skipped:
+            return ""
+        return f"skipped {len(self.skipped)} unreadable image(s) in {self.name} (first: {self.skipped[0]})"
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -129,15 +136,27 @@ def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
-def _read_folder(root: Path, class_names: tuple[str, ...], image_size: int, in_chans: int) -> Split:
+def _read_folder(root: Path, class_names: tuple[str, ...], image_size: int, in_chans: int,
+                 skipped: list[str]) -> Split:
+    """Every image of every class folder. An image that cannot be read (corrupt, truncated, refused by its
+    header) is skipped and appended to `skipped`, so one bad file does not stop a large data set; a class
+    folder left with no images is an error, since the model would never see that class."""
     images, labels = [], []
     for label, name in enumerate(class_names):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+        files = [p for p in sorted((root / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        read = 0
+        for path in files:
+            try:
                 images.append(load_image(path, image_size, in_chans))
-                labels.append(label)
-    if not images:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+            except DataError as e:
+                skipped.append(str(e))
+                continue
+            labels.append(label)
+            read += 1
+        if read == 0:
+            what = "has no images" if not files else f"has no readable images ({len(files)} unreadable)"
+            raise DataError(f"class folder {root / name} {what} ({', '.join(sorted(IMAGE_SUFFIXES))}): add images to "
+                            "it or remove the folder from every split")
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
 
 
@@ -162,9 +181,11 @@ def load_image_folder(root: Path, image_size: int, in_chans: int, train: bool = 
     test_classes = tuple(sorted(p.name for p in test_dir.iterdir() if p.is_dir()))
     if test_classes != class_names:
         raise DataError(f"class directories differ between {train_dir} and {test_dir}")
-    test = _read_folder(test_dir, class_names, image_size, in_chans)
+    skipped: list[str] = []
+    test = _read_folder(test_dir, class_names, image_size, in_chans, skipped)
     empty = Split(torch.zeros((0, *test.images.shape[1:]), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
-    return Dataset(root.name, class_names, _read_folder(train_dir, class_names, image_size, in_chans) if train else empty, test)
+    train_split = _read_folder(train_dir, class_names, image_size, in_chans, skipped) if train else empty
+    return Dataset(root.name, class_names, train_split, test, tuple(skipped))
 
 
 def load_dataset(data_dir: Path | None, image_size: int, in_chans: int) -> Dataset:
@@ -208,7 +229,8 @@ def eval_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans
     if data_dir is not None:
         check_folder_fits(Path(data_dir), image_size, in_chans)
         ds = _check_shape(load_image_folder(Path(data_dir), image_size, in_chans, train=False), image_size, in_chans)
-        return EvalData(ds.test, "imagefolder", f"ImageFolder {Path(data_dir).name}: {len(ds.test)} test images")
+        skipped = f" ({len(ds.skipped)} unreadable skipped)" if ds.skipped else ""
+        return EvalData(ds.test, "imagefolder", f"ImageFolder {Path(data_dir).name}: {len(ds.test)} test images{skipped}")
     if trained_on == "synthetic":
         return EvalData(synthetic_split(image_size, in_chans), "synthetic", SYNTHETIC_NOTE)
     if trained_on != "fashion-mnist":
