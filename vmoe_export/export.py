@@ -54,7 +54,7 @@ class ExportOptions:
     quant: QuantOptions = field(default_factory=QuantOptions)
     golden_images: int = 4
     progress: bool = True
-    # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="int8")}); a target without
+    # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="palettize4")}); a target without
     # an entry uses its backend's defaults.
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     # Reuse converted graphs across exports (e.g. the same model at k=1 and k=2, whose graphs are identical):
