@@ -99,8 +99,9 @@ def summarize(report: dict, variant: str, k: int, threads: int, export_s: float)
 
 
 def bundle_bytes(bundle: Path) -> int:
-    m = json.loads((bundle / "manifest.json").read_text())
-    return sum(g["size_bytes"] for g in m["graphs"].values())
+    from vmoe_export.bundle import bundle_bytes, read_manifest
+
+    return bundle_bytes(read_manifest(bundle))
 
 
 def markdown(result: dict) -> str:

@@ -29,7 +29,13 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-LOOSE = None  # set in main: bounds that record instead of rejecting, so every row is measured
+
+
+def record_only():
+    """Parity bounds that reject nothing, so every row is measured and recorded."""
+    from vmoe_export.parity import ParityBounds
+
+    return ParityBounds(max_logit_diff=None, min_top1_agreement=None, min_routing_agreement=0.0, max_accuracy_drop=None)
 
 
 def export(ckpt, target, out, test, quant, options, calibration):
@@ -44,12 +50,12 @@ def export(ckpt, target, out, test, quant, options, calibration):
 def bundle_row(path: Path, report: dict, settings, images, memory: bool) -> dict:
     from vmoe_export.bench.measure import bench_bundle
     from vmoe_export.bench.memory import measure_rss
-    from vmoe_export.bundle import read_manifest
+    from vmoe_export.bundle import bundle_bytes, read_manifest
 
     m = read_manifest(path)
     timing = bench_bundle(path, images, settings)
     row = {
-        "size_bytes": sum(g["size_bytes"] for g in m["graphs"].values()),
+        "size_bytes": bundle_bytes(m),
         "parity": {k: v for k, v in report.items() if k not in ("bounds", "data")},
         "latency_ms": timing["end_to_end"], "stages_ms": {k: v["median_ms"] for k, v in timing["stages"].items()},
         "expert_cold_load_ms": timing["expert_cold_load"]["median_ms"],
@@ -99,7 +105,7 @@ def toy(work: Path, parity_images: int, ablation_images: int, settings, progress
     test = data.split
     calib, _ = calibration_split(None, "fashion-mnist", cfg.image_size, cfg.in_chans, QuantOptions().calibration_images)
     images = [preprocess(test.images[i : i + 1], cfg.mean, cfg.std).numpy() for i in range(64)]
-    base = ExportOptions(parity_images=parity_images, bounds=LOOSE, golden_images=0, progress=False,
+    base = ExportOptions(parity_images=parity_images, bounds=record_only(), golden_images=0, progress=False,
                          eval_data={"kind": data.kind, "description": data.description})
     rows, ablations = [], []
     for t in runtime_targets():
@@ -142,7 +148,7 @@ def paper(work: Path, settings, progress, config: str) -> dict:
     test = synthetic_split(cfg.image_size, cfg.in_chans, n=32, seed=0)
     calib = synthetic_split(cfg.image_size, cfg.in_chans, n=32, seed=1)
     images = [preprocess(test.images[i : i + 1], cfg.mean, cfg.std).numpy() for i in range(16)]
-    base = ExportOptions(parity_images=16, bounds=LOOSE, golden_images=0, progress=False,
+    base = ExportOptions(parity_images=16, bounds=record_only(), golden_images=0, progress=False,
                          eval_data={"kind": "synthetic", "description": SYNTHETIC_NOTE})
     rows = []
     for t in runtime_targets():
@@ -229,7 +235,6 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    global LOOSE
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few images and runs (minutes; numbers are rough)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -240,11 +245,9 @@ def main(argv=None) -> int:
     from vmoe_export.bench.measure import BenchSettings
     from vmoe_export.bench.run import machine_info
     from vmoe_export.clitools import quiet_converters
-    from vmoe_export.parity import ParityBounds
 
     quiet_converters()
     torch.set_num_threads(1)
-    LOOSE = ParityBounds(max_logit_diff=None, min_top1_agreement=None, min_routing_agreement=0.0, max_accuracy_drop=None)
     settings = BenchSettings(warmup=5 if args.quick else 20, runs=20 if args.quick else 150, threads=1, quick=args.quick)
     parity_images, ablation_images = (500, 300) if args.quick else (10_000, 2_000)
     started = time.time()

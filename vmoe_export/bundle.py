@@ -161,3 +161,8 @@ def artifact_path(bundle_dir: Path, manifest: dict, graph: str, verified: dict |
 
 def graph_sizes(manifest: dict) -> dict[str, int]:
     return {name: entry["size_bytes"] for name, entry in manifest["graphs"].items()}
+
+
+def bundle_bytes(manifest: dict) -> int:
+    """Every artifact of the bundle together (what a device stores)."""
+    return sum(graph_sizes(manifest).values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, fail, interrupt_on_sigterm,
@@ -162,7 +163,7 @@ def export_main(argv: list[str] | None = None) -> int:
     if args.parity_images is not None and args.parity_images < 1:
         return fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
     from .backends import TARGETS, get_backend
-    from .bundle import DIGEST, read_manifest
+    from .bundle import DIGEST, bundle_bytes, read_manifest
     from .data import calibration_split, eval_split
     from .export import ExportOptions, check_output_dir, export_bundle, make_plan
     from .parity import ParityBounds, ParityError
@@ -183,12 +184,11 @@ def export_main(argv: list[str] | None = None) -> int:
                 targets.remove(bk.name)
                 continue
             bk.check_quantization(quant.mode, bk.make_options(backend_options.get(bk.name)))
-        if quant.quantized:
-            bounds = ParityBounds.quantized(args.max_accuracy_drop / 100, args.min_routing_agreement
-                                            if args.min_routing_agreement is not None else ParityBounds.quantized().min_routing_agreement)
-        else:
-            bounds = ParityBounds(args.max_logit_diff, args.min_top1_agreement, args.min_routing_agreement
-                                  if args.min_routing_agreement is not None else ParityBounds().min_routing_agreement)
+        # Each mode has its own bounds; --min-routing-agreement, when given, overrides either default.
+        bounds = (ParityBounds.quantized(max_accuracy_drop=args.max_accuracy_drop / 100) if quant.quantized else
+                  ParityBounds(max_logit_diff=args.max_logit_diff, min_top1_agreement=args.min_top1_agreement))
+        if args.min_routing_agreement is not None:
+            bounds = replace(bounds, min_routing_agreement=args.min_routing_agreement)
         check_output_dir(args.output)
         ckpt = resolve_model(args)
         cfg = ckpt.config
@@ -202,7 +202,7 @@ def export_main(argv: list[str] | None = None) -> int:
             parity_images=args.parity_images, bounds=bounds, quant=quant,
             golden_images=args.golden_images, progress=not args.quiet, backend_options=backend_options,
         )
-        calibration, plans = None, {}
+        calibration, plans, plan_of = None, {}, {}
         if quant.calibrated:
             split, what = calibration_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size,
                                             cfg.in_chans, quant.calibration_images)
@@ -219,14 +219,15 @@ def export_main(argv: list[str] | None = None) -> int:
                     if q.calibration not in plans:
                         plans[q.calibration] = make_plan(ckpt, split_model(model), model.schedule, q, calibration,
                                                          log=lambda s: print(s, file=sys.stderr))
+                    plan_of[b.name] = plans[q.calibration]
         failed = []
         for t in targets:
             try:
                 path, _ = export_bundle(ckpt, t, args.output, test.images, test.labels, options,
                                         calibration_images=calibration,
-                                        plan=plans.get(quant.for_backend(get_backend(t).calibration).calibration))
+                                        plan=plan_of.get(t))
                 m = read_manifest(path)
-                total = sum(g["size_bytes"] for g in m["graphs"].values())
+                total = bundle_bytes(m)
                 digest = (path / DIGEST).read_text().strip()
                 print(f"{t}: wrote {path} ({total / 1e6:.2f} MB, {len(m['graphs'])} graphs, {m['export_seconds']:.1f}s); "
                       f"manifest digest {digest} (pin it: vmoe-predict --expect-digest {digest})")

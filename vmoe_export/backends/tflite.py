@@ -60,20 +60,24 @@ SIGNATURE = "serving_default"
 def _input_names(path: Path) -> list[str]:
     from ai_edge_litert.interpreter import Interpreter
 
-    return sorted(Interpreter(model_path=str(path)).get_signature_list()[SIGNATURE]["inputs"], key=_position)
+    return _signature_names(Interpreter(model_path=str(path)))[0]
+
+
+def _signature_names(interpreter) -> tuple[list[str], list[str]]:
+    """The signature's input and output names in positional order (litert-torch names them args_N / output_N)."""
+    signature = interpreter.get_signature_list()[SIGNATURE]
+    return sorted(signature["inputs"], key=_position), sorted(signature["outputs"], key=_position)
 
 
 def load(path: Path, io: GraphIO, run: RunOptions):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=run.threads or None)
-    signature = interpreter.get_signature_list()["serving_default"]
-    runner_fn = interpreter.get_signature_runner("serving_default")
-    # litert-torch names signature tensors args_N / output_N in positional order.
-    in_names = sorted(signature["inputs"], key=_position)
-    out_names = sorted(signature["outputs"], key=_position)
+    runner_fn = interpreter.get_signature_runner(SIGNATURE)
+    in_names, out_names = _signature_names(interpreter)
     if len(in_names) != len(io.inputs) or len(out_names) != len(io.outputs):
-        raise ValueError(f"{path}: signature {signature} does not match the manifest's inputs/outputs")
+        raise ValueError(f"{path}: signature inputs {in_names} / outputs {out_names} do not match the manifest's "
+                         "inputs/outputs")
 
     def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
         result = runner_fn(**{name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(in_names, inputs, strict=True)})

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 def bench_quantized(quantized: dict, report: dict, s, images_u8, cfg) -> list[dict]:
     """Each int8 bundle against its backend's fp32 bundle from the same run: size and latency ratios, per-stage
     times, cold expert load, and what its parity measured against fp32 PyTorch."""
-    from ..bundle import read_manifest
+    from ..bundle import bundle_bytes, read_manifest
     from ..data import preprocess
     from .measure import bench_bundle
 
@@ -163,10 +163,10 @@ def bench_quantized(quantized: dict, report: dict, s, images_u8, cfg) -> list[di
     for mode, by_target in quantized.items():
         for t, path in by_target.items():
             fp32 = report["backends"][t]
-            fp32_bytes = sum(g["size_bytes"] for g in read_manifest(Path(fp32["bundle"]))["graphs"].values())
+            fp32_bytes = bundle_bytes(read_manifest(Path(fp32["bundle"])))
             m = read_manifest(path)
             timing = bench_bundle(path, images, s)
-            size = sum(g["size_bytes"] for g in m["graphs"].values())
+            size = bundle_bytes(m)
             p = m["parity"]
             summary = (f"accuracy {100 * p['accuracy_delta']:+.2f} pts vs fp32, " if "accuracy_delta" in p else "") + \
                 f"routing agreement {100 * p['routing_agreement']:.2f}%, logits SNR {p['logits_snr_db']:.1f} dB on {p['images']} images"
