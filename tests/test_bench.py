@@ -221,19 +221,30 @@ def test_artifact_cache_reuses_identical_graphs_only(tmp_path):
 def test_accuracy_seeds_summary(tmp_path):
     seeds = _load_script("accuracy_seeds")
 
-    def run(seed, dense, moe, **options):
-        d = tmp_path / f"s{seed}"
+    def run(seed, arm, dense, moe, eq=None, **options):
+        d = tmp_path / f"s{seed}-{arm}"
         d.mkdir()
-        cfg = {"dense_epochs": 15, "moe_epochs": 15, "seed": seed, **options}
-        d.joinpath("metrics.json").write_text(json.dumps({
-            "command": f"vmoe-train --seed {seed}", "dense": {"top1": dense},
-            "moe": {"top1": moe, "router_top1_vs_superclass": 0.9}, "superclasses": [], "train_config": cfg}))
+        cfg = {"dense_epochs": 15, "moe_epochs": 15, "seed": seed, "moe_init": arm, **options}
+        m = {"command": f"vmoe-train --seed {seed}", "dense": {"top1": dense},
+             "moe": {"top1": moe, "router_top1_vs_superclass": 0.9}, "superclasses": [], "train_config": cfg}
+        if eq is not None:
+            m["dense_equal_compute"] = {"top1": eq}
+        d.joinpath("metrics.json").write_text(json.dumps(m))
         return d
 
-    s = seeds.summarize({0: run(0, 0.80, 0.82), 1: run(1, 0.82, 0.81), 2: run(2, 0.81, 0.83)})
-    assert s["moe_wins"] == 2
-    assert s["moe_minus_dense"]["mean"] == pytest.approx(0.01)
-    assert s["moe_minus_dense"]["stdev"] == pytest.approx(0.0173205, rel=1e-4)
-    assert "MoE ahead on 2 of 3 seeds" in seeds.markdown("tiny", s)
+    runs = {s: {"upcycled": run(s, "upcycled", d, up, eq), "scratch": run(s, "scratch", d, sc)}
+            for s, d, sc, up, eq in ((0, 0.80, 0.82, 0.85, 0.84), (1, 0.82, 0.81, 0.84, 0.85), (2, 0.81, 0.83, 0.86, 0.84))}
+    s = seeds.summarize(runs)
+    assert s["scratch_minus_dense"]["wins"] == 2
+    assert s["scratch_minus_dense"]["mean"] == pytest.approx(0.01)
+    assert s["scratch_minus_dense"]["stdev"] == pytest.approx(0.0173205, rel=1e-4)
+    assert s["upcycled_minus_equal_compute"]["mean"] == pytest.approx(0.02 / 3)
+    assert s["upcycled_minus_equal_compute"]["wins"] == 2
+    text = seeds.markdown("tiny", s)
+    assert "MoE upcycled - dense at equal total training: mean +0.67 points" in text and "positive on 2 of 3" in text
+    assert "| dense 30 ep (equal compute) |" in text
     with pytest.raises(SystemExit, match="differ in more than their seed"):
-        seeds.summarize({0: tmp_path / "s0", 3: run(3, 0.8, 0.8, moe_epochs=5)})
+        seeds.summarize({0: runs[0], 3: {"upcycled": run(3, "upcycled", 0.8, 0.8, 0.8, moe_epochs=5),
+                                          "scratch": run(3, "scratch", 0.8, 0.8, moe_epochs=5)}})
+    with pytest.raises(SystemExit, match="different dense twins"):
+        seeds.summarize({4: {"upcycled": run(4, "upcycled", 0.8, 0.8, 0.8), "scratch": run(4, "scratch", 0.7, 0.8)}})

@@ -234,3 +234,25 @@ def test_train_bad_data_sets_are_one_error_line(tmp_path, image_folder):
             "--dense-epochs", "1", "--moe-epochs", "1", "--batch-size", "32", "--threads", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "vmoe-train: skipped 1 unreadable image(s) in f (first: cannot read image" in r.stderr
+
+
+def test_train_dense_checkpoint_of_another_width_is_one_error_line(tmp_path, image_folder):
+    import json
+
+    import torch
+    from conftest import tiny_config
+
+    from vmoe_export.checkpoint import Checkpoint, save_checkpoint
+    from vmoe_export.model import MobileVMoE
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(dict(tiny_config(num_classes=3, num_experts=2).to_dict(), name="narrow")))
+    torch.manual_seed(0)
+    wide = MobileVMoE(tiny_config(num_classes=3, num_experts=2, embed_dim=32).dense_twin())
+    save_checkpoint(Checkpoint(wide.cfg, wide.state_dict(), ["a", "b", "c"]), tmp_path / "dense.pt")
+    r = run("vmoe-train", "--config", str(cfg), "--data-dir", str(image_folder), "--moe-init", "dense",
+            "--dense-checkpoint", str(tmp_path / "dense.pt"), "--out", str(tmp_path / "o"))
+    line = _error_line(r)
+    assert r.returncode == 2 and "is not the dense twin of 'narrow' (embed_dim: 32, needs 16" in line, r.stderr[-2000:]
+    assert "pass a dense.pt trained for this config" in line and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -46,17 +46,40 @@ def test_pipeline_reports_metrics_and_is_reproducible(tmp_path):
     assert ck.superclass_of is not None and ck.train_state is None
 
 
-@pytest.mark.parametrize("stage", ["dense", "moe"])
+@pytest.mark.parametrize("stage", ["dense", "moe", "dense+"])
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, stage):
     ds = synthetic_dataset()
-    run_training(tiny_config(), ds, CFG, tmp_path / "full")
+    full = run_training(tiny_config(), ds, CFG, tmp_path / "full")
     with pytest.raises(_Interrupt):
         run_training(tiny_config(), ds, CFG, tmp_path / "resumed", stop_after=(stage, 1))
     assert (tmp_path / "resumed" / ".state" / f"{stage}.pt").exists()
     assert not (tmp_path / "resumed" / "model.pt").exists()
-    run_training(tiny_config(), ds, CFG, tmp_path / "resumed")
+    resumed = run_training(tiny_config(), ds, CFG, tmp_path / "resumed")
     a, b = _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["dense_equal_compute"] == full["dense_equal_compute"]
+
+
+def test_equal_compute_twin_and_a_given_dense_checkpoint(tmp_path):
+    """The equal-compute dense twin is reported beside the MoE; a run started from a saved dense twin
+    (--dense-checkpoint) skips stage (a) and trains the very same MoE, so arms can share one dense stage."""
+    from dataclasses import replace
+
+    ds = synthetic_dataset()
+    m = run_training(tiny_config(), ds, CFG, tmp_path / "a")
+    eq = m["dense_equal_compute"]
+    assert eq["epochs"] == CFG.dense_epochs + CFG.moe_epochs and m["dense"]["epochs"] == CFG.dense_epochs
+    assert m["moe_minus_dense_equal_compute_top1"] == pytest.approx(m["moe"]["top1"] - eq["top1"])
+    card = (tmp_path / "a" / "card.md").read_text()
+    assert "| dense twin, equal total training (4 epochs: dense twin + 2 more epochs" in card
+    assert f"| {100 * eq['top1']:.2f}% |" in card and "MoE minus the dense twin at equal total training" in card
+
+    given = replace(CFG, dense_checkpoint=str(tmp_path / "a" / "dense.pt"), equal_compute=False)
+    mb = run_training(tiny_config(), ds, given, tmp_path / "b")
+    a, b = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert mb["dense"]["top1"] == m["dense"]["top1"] and mb["dense_source"] == str(tmp_path / "a" / "dense.pt")
+    assert "dense_equal_compute" not in mb and "No equal-compute dense twin" in (tmp_path / "b" / "card.md").read_text()
 
 
 def test_weight_decay_skips_biases_norms_and_position_embedding():

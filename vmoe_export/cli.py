@@ -45,6 +45,13 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--moe-init", default=d.moe_init, choices=["scratch", "dense"],
                    help="initialise the MoE from scratch, or by sparse upcycling from the dense twin trained first "
                    f"(shared weights copied, every expert a copy of the dense MLP, router fresh) (default {d.moe_init})")
+    p.add_argument("--dense-checkpoint", type=Path, default=None,
+                   help="start from this trained dense twin (a dense.pt from vmoe-train) instead of training one; "
+                   "it must have the config's widths, depth, patch size and classes")
+    p.add_argument("--no-equal-compute", action="store_true",
+                   help="skip the control run that trains the dense twin for the MoE epochs more (same total "
+                   "training as dense + MoE); saves a third of the training time, but the report then cannot tell "
+                   "an MoE gain from the gain of training longer")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0 = all; for smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT instead of refusing")
@@ -83,7 +90,8 @@ def train_main(argv: list[str] | None = None) -> int:
             dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, router_weight=args.router_weight,
             holdout_fraction=args.holdout_fraction, seed=args.seed, augment=not args.no_augment,
-            train_limit=args.train_limit, moe_init=args.moe_init,
+            train_limit=args.train_limit, moe_init=args.moe_init, equal_compute=not args.no_equal_compute,
+            dense_checkpoint=str(args.dense_checkpoint or ""),
         )
         init_distributed()
         command = shlex.join(["vmoe-train", *(sys.argv[1:] if argv is None else argv)])

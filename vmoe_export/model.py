@@ -373,16 +373,25 @@ def active_params(model: MobileVMoE) -> int:
 
 
 @torch.no_grad()
+def dense_twin_mismatch(moe_cfg: ModelConfig, dense_cfg: ModelConfig) -> list[str]:
+    """How dense_cfg differs from the dense twin of moe_cfg, one 'field: have X, need Y' per difference.
+    Expert count and top-k mean nothing to a dense model, so they are not compared."""
+    want = moe_cfg.dense_twin()
+    ignore = {"name", "num_experts", "top_k"}
+    return [f"{k}: {v!r}, needs {getattr(want, k)!r}" for k, v in dense_cfg.to_dict().items()
+            if k not in ignore and getattr(want, k) != v]
+
+
 def upcycle(moe: MobileVMoE, dense: MobileVMoE) -> None:
     """Sparse upcycling (Komatsuzaki et al., 2023): start the MoE from its trained dense twin. Everything shared
     is copied (patch and position embeddings, dense blocks, each MoE layer's attention and norms, final norm,
     head); every expert of an MoE layer starts as a copy of the dense MLP at that depth; the router keeps its
     fresh init, so the experts diverge as the router loss sends each super-class to its own expert."""
-    want = moe.cfg.dense_twin()
-    if dense.cfg.moe_layers != 0 or replace(dense.cfg, name=want.name) != want:
+    differ = dense_twin_mismatch(moe.cfg, dense.cfg)
+    if differ:
         raise ConfigError(f"cannot upcycle from dense model '{dense.cfg.name}': it is not the dense twin of "
-                          f"'{moe.cfg.name}' (same widths, depth, patch size and classes, moe_layers 0); "
-                          "train the dense twin of this config, or use --moe-init scratch")
+                          f"'{moe.cfg.name}' ({'; '.join(differ)}); train the dense twin of this config, "
+                          "or use --moe-init scratch")
     source = dense.state_dict()
     first_moe = moe.cfg.depth - moe.cfg.moe_layers
     state = moe.state_dict()

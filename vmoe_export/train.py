@@ -8,6 +8,7 @@ so a resumed run reproduces an uninterrupted one exactly.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -25,7 +26,8 @@ from tqdm import tqdm
 from . import interrupt
 from .checkpoint import Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 from .data import Dataset, Split, augment, holdout_split, preprocess
-from .model import MobileVMoE, ModelConfig, active_params, count_params, route, upcycle
+from .errors import ConfigError
+from .model import MobileVMoE, ModelConfig, active_params, count_params, dense_twin_mismatch, route, upcycle
 from .superclass import confusion_matrix, describe, superclasses_from_confusion
 
 
@@ -44,6 +46,10 @@ class TrainConfig:
     train_limit: int = 0  # use only the first N training images (0 = all): smoke tests
     # scratch: the MoE starts from its own init; dense: sparse upcycling from the dense twin trained in stage (a)
     moe_init: str = "scratch"
+    # also train the dense twin for moe_epochs more (fresh schedule): the same total training as dense + MoE, so
+    # an MoE gain is not mistaken for the gain of training longer
+    equal_compute: bool = True
+    dense_checkpoint: str = ""  # a trained dense twin (dense.pt) to start from instead of training stage (a)
 
     def __post_init__(self) -> None:
         if self.moe_init not in MOE_INIT:
@@ -232,6 +238,9 @@ def run_training(
         )
     if len(dataset.class_names) != model_cfg.num_classes:
         raise ValueError(f"config '{model_cfg.name}' has {model_cfg.num_classes} classes, dataset {dataset.name} has {len(dataset.class_names)}")
+    names = list(dataset.class_names)
+    if cfg.dense_checkpoint:  # checked before anything is written
+        dense, dense_epochs = load_dense_twin(Path(cfg.dense_checkpoint), model_cfg, names)
     if _rank() == 0:
         state.mkdir(parents=True, exist_ok=True)
     if dist.is_initialized():
@@ -241,12 +250,15 @@ def run_training(
     train = dataset.train.subset(slice(0, cfg.train_limit)) if cfg.train_limit else dataset.train
     fit, holdout = holdout_split(train, cfg.holdout_fraction, cfg.seed)
     stop = dict([stop_after]) if stop_after else {}
-    names = list(dataset.class_names)
 
     # (a) dense baseline with the same active FLOPs
-    torch.manual_seed(cfg.seed)
-    dense = _train_stage("dense", MobileVMoE(model_cfg.dense_twin()), fit, names, cfg.dense_epochs, cfg,
-                         state / "dense.pt", stop_after_epoch=stop.get("dense"))
+    if cfg.dense_checkpoint:
+        log(f"dense twin loaded from {cfg.dense_checkpoint} (stage a skipped)")
+    else:
+        torch.manual_seed(cfg.seed)
+        dense_epochs = cfg.dense_epochs
+        dense = _train_stage("dense", MobileVMoE(model_cfg.dense_twin()), fit, names, cfg.dense_epochs, cfg,
+                             state / "dense.pt", stop_after_epoch=stop.get("dense"))
     # (b) + (c) confusion graph on held-out data, clustered into E super-classes
     conf = confusion_matrix(predict(dense, holdout)["pred"], holdout.labels, model_cfg.num_classes)
     superclass_of = superclasses_from_confusion(conf, model_cfg.num_experts, seed=cfg.seed)
@@ -259,18 +271,30 @@ def run_training(
         upcycle(moe, dense)
     moe = _train_stage("moe", moe, fit, names, cfg.moe_epochs, cfg, state / "moe.pt",
                        superclass_of=superclass_of, stop_after_epoch=stop.get("moe"))
+    # (e) the equal-compute control: the dense twin trained on for the MoE's epochs, same shuffles, fresh
+    # schedule: exactly the upcycled run minus the MoE
+    longer = None
+    if cfg.equal_compute:
+        longer = _train_stage("dense+", copy.deepcopy(dense), fit, names, cfg.moe_epochs, cfg,
+                              state / "dense+.pt", stop_after_epoch=stop.get("dense+"))
 
     metrics = {
         "dataset": dataset.name,
-        "dense": {**evaluate(dense, dataset.test), "params": count_params(dense)},
+        "dense": {**evaluate(dense, dataset.test), "params": count_params(dense), "epochs": dense_epochs},
         "moe": {**evaluate(moe, dataset.test, superclass_of), "params": count_params(moe), "active_params": active_params(moe)},
         "moe_init": cfg.moe_init,
+        "dense_source": cfg.dense_checkpoint or "trained in this run",
         "superclasses": describe(superclass_of, dataset.class_names),
         "holdout_confusion": conf.tolist(),
         "train_config": asdict(cfg),
         "command": command,
     }
     metrics["moe_minus_dense_top1"] = metrics["moe"]["top1"] - metrics["dense"]["top1"]
+    if longer is not None:
+        total = dense_epochs + cfg.moe_epochs if dense_epochs else None
+        metrics["dense_equal_compute"] = {**evaluate(longer, dataset.test), "epochs": total,
+                                          "schedule": f"dense twin + {cfg.moe_epochs} more epochs (fresh warm-up and cosine)"}
+        metrics["moe_minus_dense_equal_compute_top1"] = metrics["moe"]["top1"] - metrics["dense_equal_compute"]["top1"]
     if _rank() == 0:
         save_checkpoint(Checkpoint(model_cfg, moe.state_dict(), names, superclass_of, metrics=metrics), out_dir / "model.pt")
         save_checkpoint(Checkpoint(dense.cfg, dense.state_dict(), names, None, metrics=metrics["dense"]), out_dir / "dense.pt")
@@ -280,7 +304,28 @@ def run_training(
     log(f"dense top-1 {metrics['dense']['top1']:.4f} | MoE top-1 {metrics['moe']['top1']:.4f} "
         f"({100 * metrics['moe_minus_dense_top1']:+.2f} pts) | router acc vs super-classes "
         f"{metrics['moe']['router_top1_vs_superclass']:.4f} | expert usage {metrics['moe']['expert_usage']}")
+    if longer is not None:
+        log(f"dense twin at equal total training ({metrics['dense_equal_compute']['epochs']} epochs) top-1 "
+            f"{metrics['dense_equal_compute']['top1']:.4f} | MoE minus it "
+            f"{100 * metrics['moe_minus_dense_equal_compute_top1']:+.2f} pts")
     return metrics
+
+
+def load_dense_twin(path: Path, model_cfg: ModelConfig, class_names: list[str]) -> tuple[MobileVMoE, int | None]:
+    """A dense checkpoint given with --dense-checkpoint, checked to be the dense twin of model_cfg on these classes,
+    and its training epochs when its metrics record them."""
+    ckpt = load_checkpoint(path)
+    if ckpt.config.is_moe:
+        raise ConfigError(f"--dense-checkpoint {path} is an MoE checkpoint; pass the dense.pt that vmoe-train "
+                          "writes beside model.pt")
+    differ = dense_twin_mismatch(model_cfg, ckpt.config)
+    if differ:
+        raise ConfigError(f"--dense-checkpoint {path} is not the dense twin of '{model_cfg.name}' ({'; '.join(differ)}); "
+                          f"pass a dense.pt trained for this config, or drop --dense-checkpoint to train one")
+    if ckpt.class_names != class_names:
+        raise ConfigError(f"--dense-checkpoint {path} was trained on other classes ({', '.join(ckpt.class_names[:4])}, ...) "
+                          "than this data set; pass one trained on the same data")
+    return ckpt.build_model(), ckpt.metrics.get("epochs")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -292,6 +337,22 @@ _INIT_TEXT = {
     "dense": "sparse upcycling: shared weights and every expert copied from the trained dense twin (experts = its "
              "MLP at that depth), router fresh; the MoE had dense epochs + MoE epochs of training in all.",
 }
+
+
+def _equal_compute_row(m: dict) -> str:
+    eq = m.get("dense_equal_compute")
+    if eq is None:
+        return ""
+    return (f"| dense twin, equal total training ({eq['epochs'] or '?'} epochs: {eq['schedule']}) | "
+            f"{100 * eq['top1']:.2f}% | {m['dense']['params']:,} | {m['dense']['params']:,} |")
+
+
+def _equal_compute_text(m: dict) -> str:
+    if "dense_equal_compute" not in m:
+        return ("\nNo equal-compute dense twin was trained (--no-equal-compute): the MoE had more training than the "
+                "dense row, so part of any gap may be the extra training.\n")
+    return (f"\nMoE minus the dense twin at equal total training: {100 * m['moe_minus_dense_equal_compute_top1']:+.2f} "
+            "points. This is the fair comparison: producing the MoE took the dense epochs plus the MoE epochs of training.\n")
 
 
 def model_card(cfg: ModelConfig, m: dict) -> str:
@@ -327,8 +388,10 @@ MoE initialisation: {_INIT_TEXT[m.get('moe_init', 'scratch')]}
 | dense twin (same widths, all blocks dense) | {100 * m['dense']['top1']:.2f}% | {m['dense']['params']:,} | {m['dense']['params']:,} |
 | Mobile V-MoE (E={cfg.num_experts}, L={cfg.moe_layers}, k={cfg.top_k}) | {100 * m['moe']['top1']:.2f}% | {m['moe']['params']:,} | {m['moe']['active_params']:,} |
 
+{_equal_compute_row(m)}
 MoE minus dense: {100 * m['moe_minus_dense_top1']:+.2f} points top-1 at equal active FLOPs (the router adds
 {cfg.embed_dim * cfg.num_experts + cfg.num_experts + 2 * cfg.embed_dim} parameters).
+{_equal_compute_text(m)}
 
 Router top-1 accuracy against the super-class of the true label: {100 * m['moe']['router_top1_vs_superclass']:.2f}%.
 
