@@ -104,7 +104,7 @@ def toy(work: Path, parity_images: int, ablation_images: int, settings, progress
     data = eval_split(None, "fashion-mnist", cfg.image_size, cfg.in_chans)
     test = data.split
     calib, _ = calibration_split(None, "fashion-mnist", cfg.image_size, cfg.in_chans, QuantOptions().calibration_images)
-    images = [preprocess(test.images[i : i + 1], cfg.mean, cfg.std).numpy() for i in range(64)]
+    images = [preprocess(test.images[i : i + 1], cfg).numpy() for i in range(64)]
     base = ExportOptions(parity_images=parity_images, bounds=record_only(), golden_images=0, progress=False,
                          eval_data={"kind": data.kind, "description": data.description})
     rows, ablations = [], []
@@ -115,7 +115,7 @@ def toy(work: Path, parity_images: int, ablation_images: int, settings, progress
             rows.append({"backend": t, "mode": mode, **bundle_row(path, report, settings, images, memory=True)})
         # Ablations on 'ablation_images' test images: calibration strategy and router precision.
         small = replace(base, parity_images=ablation_images)
-        x = preprocess(test.images[:ablation_images], cfg.mean, cfg.std)
+        x = preprocess(test.images[:ablation_images], cfg)
         for label, quant in (("routed calibration, fp32 router", QuantOptions("static-int8", calibration="routed")),
                              ("every expert on all images", QuantOptions("static-int8", calibration="all")),
                              ("routed calibration, router quantized",
@@ -147,7 +147,7 @@ def paper(work: Path, settings, progress, config: str) -> dict:
     ckpt = random_checkpoint(cfg, seed=0)
     test = synthetic_split(cfg.image_size, cfg.in_chans, n=32, seed=0)
     calib = synthetic_split(cfg.image_size, cfg.in_chans, n=32, seed=1)
-    images = [preprocess(test.images[i : i + 1], cfg.mean, cfg.std).numpy() for i in range(16)]
+    images = [preprocess(test.images[i : i + 1], cfg).numpy() for i in range(16)]
     base = ExportOptions(parity_images=16, bounds=record_only(), golden_images=0, progress=False,
                          eval_data={"kind": "synthetic", "description": SYNTHETIC_NOTE})
     rows = []

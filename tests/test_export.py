@@ -111,7 +111,7 @@ def test_only_routed_experts_are_loaded(tiny_onnx_bundle):
     rt = BundleRuntime(path)
     assert rt.experts.loaded == []
     images, _ = _synthetic_test_set(12, seed=5)
-    x = preprocess(images, ckpt.config.mean, ckpt.config.std)
+    x = preprocess(images, ckpt.config)
     routed = set()
     for i in range(len(x)):
         pred = rt.predict(x[i : i + 1].numpy())
@@ -250,6 +250,11 @@ def test_backend_bundle_end_to_end(target, shipped_bundle):
     assert manifest["target"] == target and manifest["parity"] == report
     assert len(manifest["graphs"]) == 3 + ckpt.config.moe_layers * (1 + ckpt.config.num_experts)
     assert manifest["model"]["params_total"] == count_params(ckpt.build_model())
+    golden = json.loads((path / "golden" / "golden.json").read_text())
+    inverted = [c for c in golden["cases"] if c["inverted"]]
+    assert manifest["preprocessing"]["polarity"] == ckpt.config.polarity == "dark-background" and len(inverted) == 1
+    assert inverted[0]["pixels_u8"] == [255 - p for p in golden["cases"][0]["pixels_u8"]]
+    assert inverted[0]["input"] == golden["cases"][0]["input"]  # the rule gives back the stored image exactly
     if target == "coreml" and platform.system() != "Darwin":
         assert report["status"] == "skipped" and "macOS" in report["reason"]
         assert report["spec_verified_graphs"] == len(manifest["graphs"])
@@ -257,7 +262,6 @@ def test_backend_bundle_end_to_end(target, shipped_bundle):
     assert report["status"] == "pass"
     assert report["routing_agreement"] >= 0.995 and report["logits_max_abs_diff"] <= 1e-3
     rt = BundleRuntime(path)
-    golden = json.loads((path / "golden" / "golden.json").read_text())
     for case in golden["cases"]:
         pred = rt.predict(np.asarray(case["input"], np.float32).reshape(golden["shape"]))
         assert pred.experts == case["experts"]
@@ -326,7 +330,7 @@ def test_predict_command_on_image_files(tiny_onnx_bundle, tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     model = ckpt.build_model()
     for f, out in zip(files, lines, strict=True):
-        x = preprocess(load_image(f, 8, 1)[None], ckpt.config.mean, ckpt.config.std)
+        x = preprocess(load_image(f, 8, 1)[None], ckpt.config)
         with torch.no_grad():
             logits, router_logits = model(x)
         assert out["class_id"] == int(logits.argmax()) and out["class"] == f"c{out['class_id']}"

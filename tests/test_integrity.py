@@ -69,6 +69,8 @@ WRONG_ANSWER_EDITS = {
     "moe_layers=0": (lambda m: m["model"].update(moe_layers=0), "moe_layers"),
     "top_k=2 on a k=1 bundle": (lambda m: m["model"].update(top_k=2), "top_k is 2 but its config says 1"),
     "std=[0.0]": (lambda m: m["preprocessing"].update(std=[0.0]), "preprocessing does not follow"),
+    "polarity rule switched on": (lambda m: m["preprocessing"].update(polarity="dark-background"),
+                                  "preprocessing does not follow"),
     "expert 2 -> expert 0's artifacts": (_swap_expert_entries, "graph moe0_e2: path 'experts/e0/moe0.onnx' should be"),
 }
 

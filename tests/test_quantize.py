@@ -91,7 +91,7 @@ def _recorded(n):
     model = ckpt.build_model()
     graphs = split_model(model)
     images, _ = synthetic_test_set(n=n, seed=3)
-    x = preprocess(images, ckpt.config.mean, ckpt.config.std)
+    x = preprocess(images, ckpt.config)
     seen, hidden = record_inputs(graphs, model.schedule, x)
     return model, graphs, x, seen, hidden
 
@@ -201,4 +201,4 @@ def test_kotlin_core_runs_a_quantized_bundle_exactly(tmp_path):
     r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(path)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "OK (15 tests)" in r.stdout
+    assert "OK (16 tests)" in r.stdout

@@ -52,6 +52,12 @@ def train_parser() -> argparse.ArgumentParser:
                    help="skip the control run that trains the dense twin for the MoE epochs more (same total "
                    "training as dense + MoE); saves a third of the training time, but the report then cannot tell "
                    "an MoE gain from the gain of training longer")
+    p.add_argument("--data-loader", default="auto", choices=["auto", "memory", "stream"],
+                   help="memory: decode the data set once into RAM (fast for small images); stream: decode and augment "
+                   "in DataLoader workers from disk (random resized crop + flip; for ImageNet-size data); auto "
+                   "(default): stream an ImageFolder whose decoded images would exceed 2 GiB. Fashion-MNIST is in memory")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes per rank for --data-loader stream (default: min(8, CPU count))")
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0 = all; for smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT instead of refusing")
@@ -64,7 +70,7 @@ def train_main(argv: list[str] | None = None) -> int:
     interrupt_on_sigterm()
     import torch
 
-    from .data import load_dataset
+    from .stream import load_dataset
     from .model import load_config
     from .train import TrainConfig, init_distributed, run_training
 
@@ -83,7 +89,13 @@ def train_main(argv: list[str] | None = None) -> int:
         out = args.out or Path("runs") / model_cfg.name
         if (out / "model.pt").exists() and not args.overwrite:
             raise FileExistsError(f"{out} already holds a finished run (model.pt); pass --overwrite or another --out")
-        dataset = load_dataset(args.data_dir, model_cfg.image_size, model_cfg.in_chans)
+        dataset = load_dataset(args.data_dir, model_cfg.image_size, model_cfg.in_chans, loader=args.data_loader)
+        if args.workers is not None:
+            if args.workers < 0:
+                raise ValueError("--workers must be 0 or more")
+            for split in (dataset.train, dataset.test):
+                if hasattr(split, "workers"):
+                    split.workers = args.workers
         if dataset.skipped:
             print(f"vmoe-train: {dataset.skipped_note()}", file=sys.stderr)
         cfg = TrainConfig(

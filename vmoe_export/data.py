@@ -160,14 +160,8 @@ def _read_folder(root: Path, class_names: tuple[str, ...], image_size: int, in_c
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
 
 
-def load_image_folder(root: Path, image_size: int, in_chans: int, train: bool = True) -> Dataset:
-    """ROOT/train/<class>/*.png and ROOT/test/<class>/*.png (or val/), classes sorted by name.
-    With train=False only the test split is read (the train split is left empty).
-
-    Images are decoded once into memory at the model's resolution; this suits the small
-    mobile-sized inputs this toolkit targets (ImageNet at 224px needs a streaming loader).
-    """
-    root = Path(root)
+def folder_layout(root: Path) -> tuple[Path, Path, tuple[str, ...]]:
+    """train/ and test/ (or val/) directories of an ImageFolder, and its class names (sorted)."""
     train_dir = root / "train"
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
@@ -181,6 +175,18 @@ def load_image_folder(root: Path, image_size: int, in_chans: int, train: bool = 
     test_classes = tuple(sorted(p.name for p in test_dir.iterdir() if p.is_dir()))
     if test_classes != class_names:
         raise DataError(f"class directories differ between {train_dir} and {test_dir}")
+    return train_dir, test_dir, class_names
+
+
+def load_image_folder(root: Path, image_size: int, in_chans: int, train: bool = True) -> Dataset:
+    """ROOT/train/<class>/*.png and ROOT/test/<class>/*.png (or val/), classes sorted by name.
+    With train=False only the test split is read (the train split is left empty).
+
+    Images are decoded once into memory at the model's resolution; data sets over the memory budget
+    are streamed instead (vmoe_export.stream.load_dataset).
+    """
+    root = Path(root)
+    train_dir, test_dir, class_names = folder_layout(root)
     skipped: list[str] = []
     test = _read_folder(test_dir, class_names, image_size, in_chans, skipped)
     empty = Split(torch.zeros((0, *test.images.shape[1:]), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
@@ -188,12 +194,7 @@ def load_image_folder(root: Path, image_size: int, in_chans: int, train: bool = 
     return Dataset(root.name, class_names, train_split, test, tuple(skipped))
 
 
-def load_dataset(data_dir: Path | None, image_size: int, in_chans: int) -> Dataset:
-    ds = load_fashion_mnist() if data_dir is None else load_image_folder(Path(data_dir), image_size, in_chans)
-    return _check_shape(ds, image_size, in_chans)
-
-
-def _check_shape(ds: Dataset, image_size: int, in_chans: int) -> Dataset:
+def check_shape(ds: Dataset, image_size: int, in_chans: int) -> Dataset:
     _, c, h, w = ds.test.images.shape
     if (c, h, w) != (in_chans, image_size, image_size):
         raise DataError(
@@ -228,7 +229,7 @@ def eval_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans
     synthetic images (good for latency and numerical parity, meaningless for accuracy)."""
     if data_dir is not None:
         check_folder_fits(Path(data_dir), image_size, in_chans)
-        ds = _check_shape(load_image_folder(Path(data_dir), image_size, in_chans, train=False), image_size, in_chans)
+        ds = check_shape(load_image_folder(Path(data_dir), image_size, in_chans, train=False), image_size, in_chans)
         skipped = f" ({len(ds.skipped)} unreadable skipped)" if ds.skipped else ""
         return EvalData(ds.test, "imagefolder", f"ImageFolder {Path(data_dir).name}: {len(ds.test)} test images{skipped}")
     if trained_on == "synthetic":
@@ -236,7 +237,7 @@ def eval_split(data_dir: Path | None, trained_on: str, image_size: int, in_chans
     if trained_on != "fashion-mnist":
         raise DataError(f"the checkpoint was trained on {trained_on}: pass --data-dir with its ImageFolder dataset "
                         "(its test/ images are used)")
-    ds = _check_shape(load_fashion_mnist(), image_size, in_chans)
+    ds = check_shape(load_fashion_mnist(), image_size, in_chans)
     return EvalData(ds.test, "fashion-mnist", "Fashion-MNIST test set (10,000 images)")
 
 
@@ -245,12 +246,12 @@ def calibration_split(data_dir: Path | None, trained_on: str, image_size: int, i
     """`n` images drawn (seeded) from the training split, for quantization calibration: never the test
     images parity runs on. Returns the images and what they are."""
     if data_dir is not None:
-        ds = _check_shape(load_image_folder(Path(data_dir), image_size, in_chans), image_size, in_chans)
+        ds = check_shape(load_image_folder(Path(data_dir), image_size, in_chans), image_size, in_chans)
         train, what = ds.train, f"ImageFolder {Path(data_dir).name} train/"
     elif trained_on == "synthetic":
         return synthetic_split(image_size, in_chans, n, seed=seed + 1), SYNTHETIC_NOTE
     elif trained_on == "fashion-mnist":
-        train, what = _check_shape(load_fashion_mnist(), image_size, in_chans).train, "Fashion-MNIST train set"
+        train, what = check_shape(load_fashion_mnist(), image_size, in_chans).train, "Fashion-MNIST train set"
     else:
         raise DataError(f"the checkpoint was trained on {trained_on}: pass --data-dir with its ImageFolder dataset "
                         "(its train/ images calibrate quantization)")
@@ -294,12 +295,36 @@ def holdout_split(train: Split, fraction: float, seed: int) -> tuple[Split, Spli
     return train.subset(perm[n_hold:]), train.subset(perm[:n_hold])
 
 
-def preprocess(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 N,C,H,W -> float32 normalised. Mirrored by the bundle manifest and the apps."""
-    x = images.float() / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+def preprocess(images: torch.Tensor, cfg) -> torch.Tensor:
+    """uint8 N,C,H,W -> float32 normalised with the model config's polarity rule, mean and std. Mirrored by the
+    bundle manifest's preprocessing block, the Python runtime and both app cores."""
+    x = normalize_polarity(images, cfg.polarity).float() / 255.0
+    m = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def bright_border(images: torch.Tensor) -> torch.Tensor:
+    """Per image: is the mean of its outermost ring of pixels (all channels) above mid-grey? In integers
+    (2 * sum > 255 * count) so that every runtime decides exactly alike."""
+    h, w = images.shape[-2:]
+    ring = torch.ones(h, w, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    border = images[:, :, ring].long()
+    return 2 * border.sum((1, 2)) > 255 * border.shape[1] * border.shape[2]
+
+
+def normalize_polarity(images: torch.Tensor, polarity: str) -> torch.Tensor:
+    """'dark-background': the model saw light objects on dark ground (Fashion-MNIST), so an image whose border
+    is bright (a phone photo of a garment on a light table) is inverted first. 'as-is': unchanged."""
+    if polarity == "as-is":
+        return images
+    flip = bright_border(images)
+    if not flip.any():
+        return images
+    out = images.clone()
+    out[flip] = 255 - out[flip]
+    return out
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2, flip: bool = True) -> torch.Tensor:

@@ -156,12 +156,16 @@ def write_golden(path: Path, schedule: Schedule, source: tuple[Callable, RunGrap
     """A few test images with the value at every stage: the apps' core tests check against these."""
     cfg = ckpt.config
     traces, run_graph = source
-    x = preprocess(images_u8, cfg.mean, cfg.std)
+    if cfg.polarity != "as-is":  # a photo-like copy of the first image: every runtime must invert it back
+        images_u8 = torch.cat([images_u8, 255 - images_u8[:1]])
+        labels = torch.cat([labels, labels[:1]])
+    x = preprocess(images_u8, cfg)
     refs = traces(x)
     cases = []
     for i, ref in enumerate(refs):
         cases.append({
             "label": int(labels[i]),
+            "inverted": i == len(refs) - 1 and cfg.polarity != "as-is",
             "pixels_u8": images_u8[i].flatten().tolist(),
             "input": [round(float(v), 7) for v in x[i].flatten()],
             "router_logits": [float(v) for v in ref["router_logits"].reshape(-1)],
@@ -371,7 +375,7 @@ def _parity(backend, bundle_dir: Path, manifest: dict, model, graphs, ckpt, imag
     if reason:
         return verify_specs(backend, bundle_dir, manifest, reason), None
     n = min(options.n_parity_images(), len(images_u8))
-    x = preprocess(images_u8[:n], ckpt.config.mean, ckpt.config.std)
+    x = preprocess(images_u8[:n], ckpt.config)
     runtime = BundleRuntime(bundle_dir, require_parity=False)  # the bundle being built has no parity yet
     labelled = options.eval_data["kind"] != "synthetic"  # noise images have no labels: accuracy would mean nothing
     return check_bundle(runtime, model, graphs, x, labels[:n], options.parity_bounds(), options.progress, labelled), runtime
@@ -382,7 +386,7 @@ def make_plan(ckpt: Checkpoint, graphs: list[Graph], schedule: Schedule, quant: 
     """Each graph's quantization; static-int8 calibrates on `calibration_images` (uint8 N,C,H,W)."""
     x = None
     if quant.calibrated and calibration_images is not None:
-        x = preprocess(calibration_images[: quant.calibration_images], ckpt.config.mean, ckpt.config.std)
+        x = preprocess(calibration_images[: quant.calibration_images], ckpt.config)
     return quantize_plan(graphs, schedule, quant, x, log)
 
 

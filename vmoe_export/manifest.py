@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .errors import BundleError, ConfigError
-from .model import LIMITS, ModelConfig
+from .model import LIMITS, POLARITIES, ModelConfig
 from .quantize import MODES, ROUTER_PRECISION
 from .schedule import ROLES, Schedule, ScheduleError, artifact_relpath
 
@@ -86,6 +86,7 @@ class Preprocessing(_Strict):
     mean: Annotated[list[float], Field(min_length=1, max_length=LIMITS["in_chans"])]
     std: Annotated[list[float], Field(min_length=1, max_length=LIMITS["in_chans"])]
     formula: Annotated[str, StringConstraints(max_length=MAX_NAME)]
+    polarity: Literal[POLARITIES] = "as-is"  # bundles from before the rule existed are "as-is"
 
 
 class ExpertEntry(_Strict):
@@ -158,7 +159,9 @@ def preprocessing_block(cfg: ModelConfig) -> dict:
         "color": "grayscale" if cfg.in_chans == 1 else "rgb",
         "resize": "scale shorter side to image_size (bilinear), centre crop",
         "layout": "NCHW", "scale": 1 / 255, "mean": list(cfg.mean), "std": list(cfg.std),
-        "formula": "x = (pixel / 255 - mean[c]) / std[c]",
+        "formula": ("if 2 * sum(outermost pixel ring, all channels) > 255 * ring pixels: pixel = 255 - pixel; "
+                    if cfg.polarity == "dark-background" else "") + "x = (pixel / 255 - mean[c]) / std[c]",
+        "polarity": cfg.polarity,
     }
 
 

@@ -39,6 +39,9 @@ MAX_PARAMS = 200_000_000
 _INT_FIELDS = (*LIMITS, "moe_layers", "top_k")
 
 
+POLARITIES = ("as-is", "dark-background")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "custom"
@@ -56,6 +59,9 @@ class ModelConfig:
     # Preprocessing travels with the model so that exports and apps normalise identically.
     mean: tuple[float, ...] = (0.2860,)
     std: tuple[float, ...] = (0.3530,)
+    # "dark-background": inputs whose border ring is brighter than mid-grey are inverted before normalising,
+    # so a photo of a dark object on a light ground meets a model trained on light-on-dark images
+    polarity: str = "as-is"
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be an integer, got {getattr(self, k)!r}" for k in _INT_FIELDS
@@ -76,6 +82,8 @@ class ModelConfig:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
+        if self.polarity not in POLARITIES:
+            problems.append(f"polarity {self.polarity!r} must be one of {', '.join(POLARITIES)}")
         if not 0 <= self.moe_layers <= self.depth:
             problems.append(f"moe_layers {self.moe_layers} must be between 0 and depth {self.depth}")
         if self.moe_layers and not 1 <= self.top_k <= self.num_experts:
@@ -241,16 +249,38 @@ class MoEBlock(nn.Module):
         x = x + self.attn(self.norm1(x))
         return x, self.norm2(x)
 
-    def forward(self, x: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, experts: torch.Tensor,
+                plan: "Dispatch | None" = None) -> torch.Tensor:
         x, h = self.attend(x)
+        plan = plan or dispatch(gates, experts, len(self.experts))
         out = x.clone()
         # Each expert runs only on the images routed to it: the sparse compute the paper is about.
-        for e, mlp in enumerate(self.experts):
-            weight = (gates * (experts == e)).sum(dim=1)  # B; zero where e was not picked
-            rows = weight.nonzero().flatten()
-            if rows.numel():
-                out = out.index_add(0, rows, weight[rows, None, None] * mlp(h[rows]))
+        start = 0
+        for mlp, n in zip(self.experts, plan.counts, strict=True):
+            if n:
+                rows, weight = plan.rows[start : start + n], plan.weights[start : start + n]
+                out = out.index_add(0, rows, weight[:, None, None] * mlp(h[rows]))
+            start += n
         return out
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """The batch's (image, expert) assignments sorted by expert: expert e reads rows[sum(counts[:e]):][:counts[e]]."""
+
+    rows: torch.Tensor  # image index per assignment, B*k
+    weights: torch.Tensor  # its gate
+    counts: list[int]  # assignments per expert, on the host
+
+
+def dispatch(gates: torch.Tensor, experts: torch.Tensor, num_experts: int) -> Dispatch:
+    """One host read (the per-expert counts) per forward, shared by every MoE layer since routing is per image;
+    a nonzero() per expert and layer would stall a GPU E x L times a step. Within an expert, images keep
+    ascending order, so results are bit-identical to masking image by image."""
+    flat = experts.flatten()
+    order = flat.argsort(stable=True)
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
+    return Dispatch(order // experts.shape[1], gates.flatten()[order], counts)
 
 
 class Router(nn.Module):
@@ -320,8 +350,9 @@ class MobileVMoE(nn.Module):
             return self.classify(x), None
         router_logits = self.router(x)
         gates, experts = route(router_logits, self.cfg.top_k)
+        plan = dispatch(gates, experts, self.cfg.num_experts)
         for blk in self.moe_blocks:
-            x = blk(x, gates, experts)
+            x = blk(x, gates, experts, plan)
         return self.classify(x), router_logits
 
     # ---- the split protocol

@@ -210,10 +210,10 @@ class BundleRuntime:
 
 def preprocess_image(path: Path, manifest: dict) -> np.ndarray:
     """An image file -> the trunk's float32 input, using the manifest's preprocessing block."""
-    from .data import load_image
+    from .data import load_image, normalize_polarity
 
     pre = manifest["preprocessing"]
-    img = load_image(Path(path), pre["image_size"], pre["channels"])
+    img = normalize_polarity(load_image(Path(path), pre["image_size"], pre["channels"])[None], pre["polarity"])[0]
     x = img.numpy().astype(np.float32) / 255.0
     mean = np.asarray(pre["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(pre["std"], dtype=np.float32).reshape(-1, 1, 1)

@@ -25,9 +25,11 @@ from tqdm import tqdm
 
 from . import interrupt
 from .checkpoint import Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from . import stream
 from .data import Dataset, Split, augment, holdout_split, preprocess
 from .errors import ConfigError
 from .model import MobileVMoE, ModelConfig, active_params, count_params, dense_twin_mismatch, route, upcycle
+from .stream import FileSplit
 from .superclass import confusion_matrix, describe, superclasses_from_confusion
 
 
@@ -116,13 +118,23 @@ def loss_fn(logits, router_logits, labels, superclass_of: torch.Tensor | None, r
     return cls_loss + router_weight * router_loss, cls_loss.detach(), router_loss.detach()
 
 
+def eval_batches(split: Split | FileSplit, batch_size: int):
+    """uint8 image batches of a split in order: slices of an in-memory split, or streamed and centre-cropped."""
+    if isinstance(split, FileSplit):
+        for images, _, _ in stream.eval_batches(split, batch_size):
+            yield images
+        return
+    for i in range(0, len(split), batch_size):
+        yield split.images[i : i + batch_size]
+
+
 @torch.no_grad()
-def predict(model: MobileVMoE, split: Split, batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Predicted class, and for an MoE the router logits and selected experts, for a split."""
+def predict(model: MobileVMoE, split: Split | FileSplit, batch_size: int = 500, invert: bool = False) -> dict[str, torch.Tensor]:
+    """Predicted class, and for an MoE the router logits and selected experts, for a split (inverted: 255 - pixel)."""
     model.eval()
     preds, router_logits, experts = [], [], []
-    for i in range(0, len(split), batch_size):
-        x = preprocess(split.images[i : i + batch_size], model.cfg.mean, model.cfg.std)
+    for images in eval_batches(split, batch_size):
+        x = preprocess(255 - images if invert else images, model.cfg)
         logits, r = model(x)
         preds.append(logits.argmax(1))
         if r is not None:
@@ -136,14 +148,45 @@ def predict(model: MobileVMoE, split: Split, batch_size: int = 500) -> dict[str,
 
 
 def evaluate(model: MobileVMoE, split: Split, superclass_of: list[int] | None = None) -> dict:
+    """Top-1 (and routing for an MoE) on the split, and top-1 on the split inverted: a phone photo of an object
+    on a light ground is the inverse of light-on-dark training data, which the config's polarity rule handles."""
     out = predict(model, split)
     metrics = {"top1": float((out["pred"] == split.labels).float().mean()), "images": len(split)}
+    inverted = predict(model, split, invert=True)["pred"]
+    metrics["top1_inverted"] = float((inverted == split.labels).float().mean())
     if "experts" in out and superclass_of is not None:
         target = torch.tensor(superclass_of)[split.labels]
         metrics["router_top1_vs_superclass"] = float((out["router_logits"].argmax(1) == target).float().mean())
         usage = torch.bincount(out["experts"].flatten(), minlength=model.cfg.num_experts)
         metrics["expert_usage"] = [int(u) for u in usage]
     return metrics
+
+
+def epoch_batches(data: Split | FileSplit, cfg: TrainConfig, epoch: int, per_rank: int, world: int, rank: int,
+                  steps: int):
+    """This rank's (uint8 images, labels, read flags) batches for one epoch. Shuffles and augmentation are
+    drawn from (seed, epoch), so an epoch is reproducible and a resumed run matches an uninterrupted one."""
+    if isinstance(data, FileSplit):
+        if cfg.augment:
+            yield from stream.train_batches(data, per_rank, cfg.seed, epoch, world, rank)
+            return
+        # no augmentation: the evaluation crop, in the same sharded order
+        sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, seed=cfg.seed,
+                                                      drop_last=True)
+        sampler.set_epoch(epoch)
+        yield from torch.utils.data.DataLoader(stream.ImageFiles(data, train=False), batch_size=per_rank, sampler=sampler,
+                                               num_workers=data.workers, drop_last=True)
+        return
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    perm = torch.randperm(len(data), generator=g)[: steps * per_rank * world]
+    shard = perm.view(steps, world, per_rank)[:, rank]
+    aug_g = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch * 31 + rank)
+    for i in range(steps):
+        idx = shard[i]
+        images = data.images[idx]
+        if cfg.augment:
+            images = augment(images, aug_g)
+        yield images, data.labels[idx], torch.ones(len(idx), dtype=torch.int64)
 
 
 def _train_stage(
@@ -175,40 +218,45 @@ def _train_stage(
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.cfg.is_moe)
     world, rank = _world(), _rank()
     per_rank = max(1, cfg.batch_size // world)
-    steps_per_epoch = len(data) // (per_rank * world)
+    if isinstance(data, FileSplit):
+        steps_per_epoch = stream.steps_per_epoch(data, per_rank, world)
+    else:
+        steps_per_epoch = len(data) // (per_rank * world)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data)} training images are fewer than one batch of {cfg.batch_size}")
     total = steps_per_epoch * epochs
+    # bf16 autocast on CUDA only: CPU autocast is slower than fp32 for these small matmuls
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for epoch in range(start_epoch, epochs):
         net.train()
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(data), generator=g)[: steps_per_epoch * per_rank * world]
-        shard = perm.view(steps_per_epoch, world, per_rank)[:, rank]
-        aug_g = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch * 31 + rank)
-        sums = torch.zeros(4)  # loss, cls loss, router loss, correct
+        # loss, cls loss, router loss, correct, images read as themselves: summed on the device, read once an epoch
+        sums = torch.zeros(5, device=device)
         t0 = time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"{stage} epoch {epoch + 1}/{epochs}", disable=rank != 0 or None,
-                   leave=False, file=sys.stderr)
-        for i in bar:
+        batches = epoch_batches(data, cfg, epoch, per_rank, world, rank, steps_per_epoch)
+        bar = tqdm(zip(range(steps_per_epoch), batches), total=steps_per_epoch, desc=f"{stage} epoch {epoch + 1}/{epochs}",
+                   disable=rank != 0 or None, leave=False, file=sys.stderr)
+        for i, (images, labels, read) in bar:
             interrupt.check()
-            idx = shard[i]
-            images = data.images[idx]
-            if cfg.augment:
-                images = augment(images, aug_g)
-            x = preprocess(images, model.cfg.mean, model.cfg.std).to(device)
-            y = data.labels[idx].to(device)
+            x = preprocess(images, model.cfg).to(device, non_blocking=True)
+            y = labels.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, cfg)
-            logits, router_logits = net(x)
-            loss, cls_loss, r_loss = loss_fn(logits, router_logits, y, sc, cfg.router_weight)
+            with autocast:
+                logits, router_logits = net(x)
+                loss, cls_loss, r_loss = loss_fn(logits.float(), None if router_logits is None else router_logits.float(),
+                                                 y, sc, cfg.router_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            sums += torch.stack([loss.detach(), cls_loss, r_loss, (logits.argmax(1) == y).float().mean()]).cpu()
-        sums /= steps_per_epoch
+            sums += torch.stack([loss.detach(), cls_loss, r_loss, (logits.argmax(1) == y).float().mean(),
+                                 read.to(device).float().sum()])
+        sums = sums.cpu()
+        sums[:4] /= steps_per_epoch
+        unread = steps_per_epoch * per_rank - int(sums[4])
+        note = f"; {unread} unreadable image(s) replaced by the next readable one" if unread else ""
         log(f"[{stage}] epoch {epoch + 1}/{epochs}: loss {sums[0]:.4f} (cls {sums[1]:.4f}, router {sums[2]:.4f}) "
-            f"train acc {sums[3]:.4f} [{time.time() - t0:.0f}s]")
+            f"train acc {sums[3]:.4f} [{time.time() - t0:.0f}s]{note}")
         if rank == 0:
             save_checkpoint(
                 Checkpoint(model.cfg, model.state_dict(), class_names, superclass_of,
@@ -339,6 +387,18 @@ _INIT_TEXT = {
 }
 
 
+def _inverted_text(cfg: ModelConfig, m: dict) -> str:
+    if "top1_inverted" not in m["moe"]:
+        return ""
+    rule = ("polarity rule `dark-background`: an input whose border ring is brighter than mid-grey is inverted "
+            "before normalising, in training, export, vmoe-predict, the Python runtime and both app cores"
+            if cfg.polarity == "dark-background" else "polarity `as-is`: inputs are used as they are")
+    notes = "".join(f"\n{n}\n" for n in m.get("notes", []))
+    return (f"Top-1 on the test images inverted (dark object on a light ground, like a phone photo): MoE "
+            f"{100 * m['moe']['top1_inverted']:.2f}% (as stored {100 * m['moe']['top1']:.2f}%), dense twin "
+            f"{100 * m['dense']['top1_inverted']:.2f}%; {rule}.\n{notes}")
+
+
 def _equal_compute_row(m: dict) -> str:
     eq = m.get("dense_equal_compute")
     if eq is None:
@@ -349,8 +409,9 @@ def _equal_compute_row(m: dict) -> str:
 
 def _equal_compute_text(m: dict) -> str:
     if "dense_equal_compute" not in m:
-        return ("\nNo equal-compute dense twin was trained (--no-equal-compute): the MoE had more training than the "
-                "dense row, so part of any gap may be the extra training.\n")
+        return ("\nNo equal-compute dense twin was trained for this model (`vmoe-train --no-equal-compute`, or a run "
+                "from before it existed): the MoE had more training than the dense row, so part of any gap may be the "
+                "extra training.\n")
     return (f"\nMoE minus the dense twin at equal total training: {100 * m['moe_minus_dense_equal_compute_top1']:+.2f} "
             "points. This is the fair comparison: producing the MoE took the dense epochs plus the MoE epochs of training.\n")
 
@@ -393,6 +454,7 @@ MoE minus dense: {100 * m['moe_minus_dense_top1']:+.2f} points top-1 at equal ac
 {cfg.embed_dim * cfg.num_experts + cfg.num_experts + 2 * cfg.embed_dim} parameters).
 {_equal_compute_text(m)}
 
+{_inverted_text(cfg, m)}
 Router top-1 accuracy against the super-class of the true label: {100 * m['moe']['router_top1_vs_superclass']:.2f}%.
 
 ## Super-classes (clustered from the dense model's confusion graph) and expert usage on test

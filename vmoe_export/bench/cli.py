@@ -158,7 +158,7 @@ def bench_quantized(quantized: dict, report: dict, s, images_u8, cfg) -> list[di
     from ..data import preprocess
     from .measure import bench_bundle
 
-    images = [preprocess(images_u8[i : i + 1], cfg.mean, cfg.std).numpy() for i in range(len(images_u8))]
+    images = [preprocess(images_u8[i : i + 1], cfg).numpy() for i in range(len(images_u8))]
     rows = []
     for mode, by_target in quantized.items():
         for t, path in by_target.items():

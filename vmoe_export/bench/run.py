@@ -54,7 +54,7 @@ def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMo
     """One benchmark run. artifact_cache reuses converted baseline graphs across runs (see export.convert)."""
     torch.set_num_threads(s.threads)
     model, dense = model.eval(), dense.eval()
-    x = preprocess(images_u8, model.cfg.mean, model.cfg.std)
+    x = preprocess(images_u8, model.cfg)
     any_manifest = read_manifest(next(iter(bundles.values())))
     report = {
         "vmoe_export": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

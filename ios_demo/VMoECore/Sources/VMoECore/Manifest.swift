@@ -34,8 +34,14 @@ public struct Preprocessing: Decodable {
     public let scale: Double
     public let mean: [Float]
     public let std: [Float]
-    enum CodingKeys: String, CodingKey { case imageSize = "image_size", channels, scale, mean, std }
+    /// "dark-background": an image whose border ring is brighter than mid-grey is inverted first. Absent in
+    /// bundles from before the rule existed: those are "as-is".
+    public let polarityField: String?
+    public var polarity: String { polarityField ?? "as-is" }
+    enum CodingKeys: String, CodingKey { case imageSize = "image_size", channels, scale, mean, std, polarityField = "polarity" }
 }
+
+public let polarities: Set<String> = ["as-is", "dark-background"]
 
 public struct ExpertInfo: Decodable {
     public let id: Int
@@ -57,9 +63,12 @@ public struct ModelConfigInfo: Decodable {
     public let embedDim: Int
     public let mean: [Float]
     public let std: [Float]
+    public let polarityField: String?
+    public var polarity: String { polarityField ?? "as-is" }
     enum CodingKeys: String, CodingKey {
         case numExperts = "num_experts", moeLayers = "moe_layers", topK = "top_k", numClasses = "num_classes"
         case imageSize = "image_size", inChans = "in_chans", patchSize = "patch_size", embedDim = "embed_dim", mean, std
+        case polarityField = "polarity"
     }
 }
 
@@ -187,7 +196,7 @@ public struct Manifest: Decodable {
               (1...4096).contains(c.imageSize), (1...4).contains(c.inChans), (1...c.imageSize).contains(c.patchSize),
               c.imageSize % c.patchSize == 0, (1...4096).contains(c.embedDim),
               c.mean.count == c.inChans, c.std.count == c.inChans, c.std.allSatisfy({ $0 > 0 && $0.isFinite }),
-              c.mean.allSatisfy({ $0.isFinite }) else {
+              c.mean.allSatisfy({ $0.isFinite }), polarities.contains(c.polarity) else {
             throw ManifestError.invalid("manifest model.config is out of bounds or inconsistent")
         }
         for (name, got, want) in [("num_experts", m.model.numExperts, e), ("moe_layers", m.model.moeLayers, l),
@@ -232,7 +241,7 @@ public struct Manifest: Decodable {
             }
         }
         let p = m.preprocessing
-        guard p.imageSize == c.imageSize, p.channels == c.inChans, p.mean == c.mean, p.std == c.std, p.scale == 1.0 / 255 else {
+        guard p.imageSize == c.imageSize, p.channels == c.inChans, p.mean == c.mean, p.std == c.std, p.scale == 1.0 / 255, p.polarity == c.polarity else {
             throw ManifestError.invalid("manifest preprocessing does not follow from the model config: the manifest was edited; re-export the bundle")
         }
         guard m.classNames.count == c.numClasses, Set(m.classNames).count == c.numClasses else {

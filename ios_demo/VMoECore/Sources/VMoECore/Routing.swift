@@ -2,14 +2,30 @@ import Foundation
 
 /// Preprocessing, expert selection and gate mixing, mirrored from vmoe_export.runtime.
 public enum Routing {
-    /// uint8 pixels (C*H*W, channel-major) -> (p / 255 - mean[c]) / std[c].
+    /// uint8 pixels (C*H*W, channel-major) -> (p / 255 - mean[c]) / std[c], after the polarity rule.
     public static func preprocess(_ pixels: [UInt8], _ pre: Preprocessing) -> [Float] {
         let plane = pre.imageSize * pre.imageSize
         precondition(pixels.count == plane * pre.channels, "expected \(plane * pre.channels) pixels")
+        let invert = pre.polarity == "dark-background" && brightBorder(pixels, size: pre.imageSize, channels: pre.channels)
         return pixels.enumerated().map { i, p in
             let c = i / plane
-            return (Float(p) / 255 - pre.mean[c]) / pre.std[c]
+            return (Float(invert ? 255 - p : p) / 255 - pre.mean[c]) / pre.std[c]
         }
+    }
+
+    /// Is the mean of the outermost pixel ring (all channels) above mid-grey? In integers, exactly as
+    /// vmoe_export.data.bright_border decides it.
+    public static func brightBorder(_ pixels: [UInt8], size: Int, channels: Int) -> Bool {
+        var sum = 0, count = 0
+        for c in 0..<channels {
+            for y in 0..<size {
+                for x in 0..<size where y == 0 || y == size - 1 || x == 0 || x == size - 1 {
+                    sum += Int(pixels[(c * size + y) * size + x])
+                    count += 1
+                }
+            }
+        }
+        return 2 * sum > 255 * count
     }
 
     public static func softmax(_ logits: [Float]) -> [Double] {

@@ -7,6 +7,7 @@ final class CoreTests: XCTestCase {
     struct Case: Decodable {
         let pixels_u8: [UInt8]
         let input: [Float]
+        let inverted: Bool?
         let router_logits: [Float]
         let experts: [Int]
         let gates: [Float]
@@ -40,6 +41,18 @@ final class CoreTests: XCTestCase {
             let x = Routing.preprocess(c.pixels_u8, manifest.preprocessing)
             assertClose(x, c.input, accuracy: 1e-5)
         }
+    }
+
+    /// A dark-background model's golden vectors end with an inverted copy of the first image: the polarity
+    /// rule must give back the first image's input.
+    func testPolarityRuleInvertsPhotoLikeImagesBack() {
+        let inverted = golden.cases.filter { $0.inverted ?? false }
+        XCTAssertEqual(inverted.count, manifest.preprocessing.polarity == "dark-background" ? 1 : 0)
+        for c in inverted {
+            assertClose(Routing.preprocess(c.pixels_u8, manifest.preprocessing), golden.cases[0].input, accuracy: 1e-5)
+        }
+        XCTAssertTrue(Routing.brightBorder([200, 200, 200, 200, 0, 200, 200, 200, 200], size: 3, channels: 1))
+        XCTAssertFalse(Routing.brightBorder([127, 127, 127, 127, 255, 127, 127, 127, 127], size: 3, channels: 1))
     }
 
     func testExpertSelectionMatchesToolkit() {

@@ -11,7 +11,10 @@ data class TensorSpec(val name: String, val shape: List<Int>)
 data class GraphEntry(val name: String, val path: String, val sha256: String, val sizeBytes: Long, val role: String,
                       val layer: Int?, val expert: Int?, val inputs: List<TensorSpec>, val outputs: List<TensorSpec>)
 
-data class Preprocessing(val imageSize: Int, val channels: Int, val mean: FloatArray, val std: FloatArray)
+/** polarity "dark-background": an image whose border ring is brighter than mid-grey is inverted first (Routing.preprocess). */
+data class Preprocessing(val imageSize: Int, val channels: Int, val mean: FloatArray, val std: FloatArray, val polarity: String = "as-is")
+
+val POLARITIES = setOf("as-is", "dark-background")
 
 data class ExpertInfo(val id: Int, val superclass: List<String>, val graphs: List<String>, val sizeBytes: Long)
 
@@ -69,6 +72,9 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             val dim = cfg.int("embed_dim", "config", 1, 4096)
             val mean = cfg.arr("mean", "config").floats("config.mean")
             val std = cfg.arr("std", "config").floats("config.std")
+            // Absent in bundles from before the rule existed: those are "as-is".
+            val polarity = if (cfg.has("polarity")) cfg.str("polarity", "config") else "as-is"
+            if (polarity !in POLARITIES) throw ManifestException("manifest model.config.polarity '$polarity' is not one of $POLARITIES: update the app")
             if (size % patch != 0 || mean.size != chans || std.size != chans || std.any { !(it > 0f) || it.isInfinite() } || mean.any { it.isNaN() || it.isInfinite() })
                 throw ManifestException("manifest model.config is inconsistent (image/patch size, mean/std per channel, std > 0)")
             val patches = (size / patch) * (size / patch)
@@ -124,7 +130,8 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             val preMean = pre.arr("mean", "preprocessing").floats("preprocessing.mean")
             val preStd = pre.arr("std", "preprocessing").floats("preprocessing.std")
             if (pre.int("image_size", "preprocessing") != size || pre.int("channels", "preprocessing") != chans ||
-                !preMean.contentEquals(mean) || !preStd.contentEquals(std) || pre.double("scale", "preprocessing") != 1.0 / 255)
+                !preMean.contentEquals(mean) || !preStd.contentEquals(std) || pre.double("scale", "preprocessing") != 1.0 / 255 ||
+                (if (pre.has("polarity")) pre.str("polarity", "preprocessing") else "as-is") != polarity)
                 throw ManifestException("manifest preprocessing does not follow from the model config: the manifest was edited; re-export the bundle")
             val classNames = root.arr("class_names", "manifest").strings("class_names")
             if (classNames.size != classes || classNames.toSet().size != classes) throw ManifestException("manifest class_names must be $classes distinct names")
@@ -132,7 +139,7 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
                 ExpertInfo(it.int("id", "expert"), it.arr("superclass", "expert").strings("superclass"),
                     it.arr("graphs", "expert").strings("expert graphs"), it.int("size_bytes", "expert").toLong())
             }
-            val manifest = Manifest(target, e, l, k, classNames, Preprocessing(size, chans, mean, std), graphs, experts, steps)
+            val manifest = Manifest(target, e, l, k, classNames, Preprocessing(size, chans, mean, std, polarity), graphs, experts, steps)
             if (experts.size != e || experts.withIndex().any { (i, x) -> x.id != i || x.graphs != manifest.expertGraphs(i) })
                 throw ManifestException("manifest experts table does not follow from the schedule")
             checkParity(root, graphs.size)

@@ -2,14 +2,30 @@ package dev.vmoe.core
 
 /** Preprocessing, expert selection and gate mixing: the numeric core mirrored from vmoe_export.runtime. */
 object Routing {
-    /** uint8 pixels (C*H*W, channel-major) -> (p / 255 - mean[c]) / std[c]. */
+    /** uint8 pixels (C*H*W, channel-major) -> (p / 255 - mean[c]) / std[c], after the polarity rule. */
     fun preprocess(pixels: ByteArray, pre: Preprocessing): FloatArray {
         val plane = pre.imageSize * pre.imageSize
         require(pixels.size == plane * pre.channels) { "expected ${plane * pre.channels} pixels, got ${pixels.size}" }
+        val invert = pre.polarity == "dark-background" && brightBorder(pixels, pre.imageSize, pre.channels)
         return FloatArray(pixels.size) { i ->
             val c = i / plane
-            ((pixels[i].toInt() and 0xff) / 255f - pre.mean[c]) / pre.std[c]
+            val p = pixels[i].toInt() and 0xff
+            ((if (invert) 255 - p else p) / 255f - pre.mean[c]) / pre.std[c]
         }
+    }
+
+    /** Is the mean of the outermost pixel ring (all channels) above mid-grey? In integers, exactly as
+     *  vmoe_export.data.bright_border decides it. */
+    fun brightBorder(pixels: ByteArray, size: Int, channels: Int): Boolean {
+        var sum = 0L
+        var count = 0L
+        for (c in 0 until channels) for (y in 0 until size) for (x in 0 until size) {
+            if (y == 0 || y == size - 1 || x == 0 || x == size - 1) {
+                sum += pixels[(c * size + y) * size + x].toInt() and 0xff
+                count++
+            }
+        }
+        return 2 * sum > 255 * count
     }
 
     fun softmax(logits: FloatArray): DoubleArray {

@@ -23,6 +23,23 @@ class CoreTest {
         }
     }
 
+    /** A dark-background model's golden vectors end with an inverted copy of the first image (a photo-like
+     *  dark object on light ground): the polarity rule must give back the first image's input exactly. */
+    @Test fun polarityRuleInvertsPhotoLikeImagesBack() {
+        val inverted = cases.filter { it.optBoolean("inverted", false) }
+        assertEquals(if (manifest.preprocessing.polarity == "dark-background") 1 else 0, inverted.size)
+        for (c in inverted) {
+            val pixels = c.arr("pixels_u8", "case").ints("pixels", 0, 255).map { it.toByte() }.toByteArray()
+            assertArrayEquals(cases[0].arr("input", "case").floats("input"), Routing.preprocess(pixels, manifest.preprocessing), 1e-5f)
+        }
+        val ring = ByteArray(9) { if (it == 4) 0 else 200.toByte() }  // 3x3, bright border, dark centre
+        assertTrue(Routing.brightBorder(ring, 3, 1))
+        assertEquals(false, Routing.brightBorder(ByteArray(9) { if (it == 4) 255.toByte() else 127 }, 3, 1))
+        expectManifestError("preprocessing does not follow") {
+            Manifest.parse(edited { it.getJSONObject("preprocessing").put("polarity", if (manifest.preprocessing.polarity == "as-is") "dark-background" else "as-is") })
+        }
+    }
+
     @Test fun expertSelectionAndGatesMatchToolkit() {
         for (c in cases) {
             val (ids, gates) = Routing.selectExperts(c.arr("router_logits", "case").floats("router_logits"), manifest.topK)
