@@ -27,7 +27,8 @@ def test_every_command_has_help(cmd):
 def test_train_help_documents_every_option():
     out = run("vmoe-train", "--help").stdout
     for opt in ["--config", "--data-dir", "--out", "--dense-epochs", "--moe-epochs", "--batch-size", "--lr",
-                "--router-weight", "--seed", "--overwrite", "--holdout-fraction"]:
+                "--router-weight", "--seed", "--overwrite", "--holdout-fraction", "--moe-init", "--dense-checkpoint",
+                "--no-equal-compute", "--data-loader", "--workers"]:
         assert opt in out
 
 

@@ -299,8 +299,8 @@ def preprocess(images: torch.Tensor, cfg) -> torch.Tensor:
     """uint8 N,C,H,W -> float32 normalised with the model config's polarity rule, mean and std. Mirrored by the
     bundle manifest's preprocessing block, the Python runtime and both app cores."""
     x = normalize_polarity(images, cfg.polarity).float() / 255.0
-    m = torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.tensor(cfg.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(cfg.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (x - m) / s
 
 
@@ -308,7 +308,7 @@ def bright_border(images: torch.Tensor) -> torch.Tensor:
     """Per image: is the mean of its outermost ring of pixels (all channels) above mid-grey? In integers
     (2 * sum > 255 * count) so that every runtime decides exactly alike."""
     h, w = images.shape[-2:]
-    ring = torch.ones(h, w, dtype=torch.bool)
+    ring = torch.ones(h, w, dtype=torch.bool, device=images.device)
     ring[1:-1, 1:-1] = False
     border = images[:, :, ring].long()
     return 2 * border.sum((1, 2)) > 255 * border.shape[1] * border.shape[2]

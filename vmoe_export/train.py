@@ -190,7 +190,7 @@ def epoch_batches(data: Split | FileSplit, cfg: TrainConfig, epoch: int, per_ran
 
 
 def _train_stage(
-    stage: str, model: MobileVMoE, data: Split, class_names: list[str], epochs: int, cfg: TrainConfig, state_path: Path,
+    stage: str, model: MobileVMoE, data: Split | FileSplit, class_names: list[str], epochs: int, cfg: TrainConfig, state_path: Path,
     superclass_of: list[int] | None = None, stop_after_epoch: int | None = None,
 ) -> MobileVMoE:
     """Train one model for `epochs`, checkpointing to state_path each epoch and resuming from it."""
@@ -237,7 +237,7 @@ def _train_stage(
                    disable=rank != 0 or None, leave=False, file=sys.stderr)
         for i, (images, labels, read) in bar:
             interrupt.check()
-            x = preprocess(images, model.cfg).to(device, non_blocking=True)
+            x = preprocess(images.to(device, non_blocking=True), model.cfg)  # uint8 over the bus, 4x fewer bytes
             y = labels.to(device, non_blocking=True)
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, cfg)
