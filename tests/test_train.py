@@ -22,7 +22,7 @@ def synthetic_dataset(n=256, seed=0):
     return Dataset("synthetic", tuple(f"c{i}" for i in range(6)), Split(images[:n], labels[:n]), Split(images[n:], labels[n:]))
 
 
-CFG = TrainConfig(dense_epochs=2, moe_epochs=2, batch_size=32, warmup_steps=5, augment=False)
+CFG = TrainConfig(dense_epochs=2, moe_epochs=2, batch_size=32, warmup_steps=5, augment=False, moe_init="scratch")
 
 
 def _weights(path):
