@@ -87,6 +87,7 @@ def summarize(runs: dict[int, dict[str, Path]]) -> dict:
             "router_scratch": sc["moe"]["router_top1_vs_superclass"], "router_upcycled": up["moe"]["router_top1_vs_superclass"],
             "runs": {"upcycled": _rel(arms["upcycled"]), "scratch": _rel(arms["scratch"])},
             "commands": {"upcycled": up["command"], "scratch": sc["command"]},
+            "notes": [n for m in (up, sc) for n in m.get("notes", [])],
             "recipe": [{k: m["train_config"].get(k) for k in RECIPE} for m in (up, sc)],
         })
     recipes = [recipe for r in rows for recipe in r.pop("recipe")]
@@ -164,6 +165,8 @@ def markdown(config: str, s: dict) -> str:
         "Commands:",
         "",
         *[f"- seed {r['seed']}: `{r['commands']['upcycled']}`; `{r['commands']['scratch']}`" for r in s["seeds"]],
+        "",
+        *[f"Note, seed {r['seed']}: {n}" for r in s["seeds"] for n in r.get("notes", [])],
         "",
     ]
     return "\n".join(lines)

@@ -30,7 +30,9 @@ def epoch_seconds(source: Path, threads: int, out: Path) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(source), OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-c", "from vmoe_export.cli import train_main; raise SystemExit(train_main())",
            "--dense-epochs", "1", "--moe-epochs", "1", "--threads", str(threads), "--out", str(out), "--overwrite"]
-    if "--no-equal-compute" in subprocess.run([*cmd, "--help"], env=env, capture_output=True, text=True).stdout:
+    # cwd as well as PYTHONPATH: `python -c` puts the working directory first on sys.path
+    if "--no-equal-compute" in subprocess.run([*cmd, "--help"], env=env, capture_output=True, text=True,
+                                              cwd=source).stdout:
         cmd.append("--no-equal-compute")
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=source)
     if r.returncode:
