@@ -89,13 +89,10 @@ def train_main(argv: list[str] | None = None) -> int:
         out = args.out or Path("runs") / model_cfg.name
         if (out / "model.pt").exists() and not args.overwrite:
             raise FileExistsError(f"{out} already holds a finished run (model.pt); pass --overwrite or another --out")
-        dataset = load_dataset(args.data_dir, model_cfg.image_size, model_cfg.in_chans, loader=args.data_loader)
-        if args.workers is not None:
-            if args.workers < 0:
-                raise ValueError("--workers must be 0 or more")
-            for split in (dataset.train, dataset.test):
-                if hasattr(split, "workers"):
-                    split.workers = args.workers
+        if args.workers is not None and args.workers < 0:
+            raise ValueError("--workers must be 0 or more")
+        dataset = load_dataset(args.data_dir, model_cfg.image_size, model_cfg.in_chans, loader=args.data_loader,
+                               workers=args.workers)
         if dataset.skipped:
             print(f"vmoe-train: {dataset.skipped_note()}", file=sys.stderr)
         cfg = TrainConfig(

@@ -105,12 +105,29 @@ MAX_ASPECT = 50  # width/height beyond 50:1 is no photo of an object (and resize
 
 
 def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
-    """One image file as uint8 C,H,W, resized (shorter side, then centre crop) to image_size.
-    Sizes are checked from the header first: decompression bombs and absurd shapes are refused."""
+    """One image file as uint8 C,H,W, resized (shorter side, then centre crop) to image_size."""
+    from PIL import Image
+
+    def centre_crop(img):
+        w, h = img.size
+        scale = image_size / min(w, h)
+        img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.Resampling.BILINEAR)
+        w, h = img.size
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        return img.crop((left, top, left + image_size, top + image_size))
+
+    return read_image(path, in_chans, centre_crop)
+
+
+def read_image(path: Path, in_chans: int, transform, draft: int | None = None) -> torch.Tensor:
+    """Decode one image file as grayscale or RGB, apply `transform` (PIL image -> PIL image), return uint8 C,H,W.
+    Sizes are checked from the header first: decompression bombs and absurd shapes are refused. `draft`: let a
+    JPEG decode at a reduced scale that still covers draft x draft pixels."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
+    mode = "L" if in_chans == 1 else "RGB"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,20 +137,21 @@ def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
             if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_ASPECT * min(w, h):
                 raise DataError(f"image {path} is {w}x{h}: refused before decoding (at most {MAX_IMAGE_PIXELS // 10**6} "
                                 f"megapixels and a {MAX_ASPECT}:1 aspect ratio); crop or resize it first")
-            img = img.convert("L" if in_chans == 1 else "RGB")
-            w, h = img.size
-            scale = image_size / min(w, h)
-            img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.Resampling.BILINEAR)
-            w, h = img.size
-            left, top = (w - image_size) // 2, (h - image_size) // 2
-            img = img.crop((left, top, left + image_size, top + image_size))
-            arr = np.asarray(img, dtype=np.uint8)
+            if draft:
+                img.draft(mode, (draft, draft))
+            arr = np.asarray(transform(img.convert(mode)), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"image {path} refused: {e}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy())
+
+
+def empty_class_error(folder: Path, unreadable: int = 0) -> DataError:
+    what = f"has no readable images ({unreadable} unreadable)" if unreadable else "has no images"
+    return DataError(f"class folder {folder} {what} ({', '.join(sorted(IMAGE_SUFFIXES))}): add images to it or "
+                     "remove the folder from every split")
 
 
 def _read_folder(root: Path, class_names: tuple[str, ...], image_size: int, in_chans: int,
@@ -154,9 +172,7 @@ def _read_folder(root: Path, class_names: tuple[str, ...], image_size: int, in_c
             labels.append(label)
             read += 1
         if read == 0:
-            what = "has no images" if not files else f"has no readable images ({len(files)} unreadable)"
-            raise DataError(f"class folder {root / name} {what} ({', '.join(sorted(IMAGE_SUFFIXES))}): add images to "
-                            "it or remove the folder from every split")
+            raise empty_class_error(root / name, unreadable=len(files))
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
 
 

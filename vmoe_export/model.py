@@ -403,7 +403,6 @@ def active_params(model: MobileVMoE) -> int:
     return int(model.schedule.active(graph_params(model)))
 
 
-@torch.no_grad()
 def dense_twin_mismatch(moe_cfg: ModelConfig, dense_cfg: ModelConfig) -> list[str]:
     """How dense_cfg differs from the dense twin of moe_cfg, one 'field: have X, need Y' per difference.
     Expert count and top-k mean nothing to a dense model, so they are not compared."""
@@ -413,6 +412,7 @@ def dense_twin_mismatch(moe_cfg: ModelConfig, dense_cfg: ModelConfig) -> list[st
             if k not in ignore and getattr(want, k) != v]
 
 
+@torch.no_grad()
 def upcycle(moe: MobileVMoE, dense: MobileVMoE) -> None:
     """Sparse upcycling (Komatsuzaki et al., 2023): start the MoE from its trained dense twin. Everything shared
     is copied (patch and position embeddings, dense blocks, each MoE layer's attention and norms, final norm,

@@ -20,11 +20,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .data import (IMAGE_SUFFIXES, DataError, Dataset, check_folder_fits, check_shape, folder_layout, load_fashion_mnist,
-                   load_image, load_image_folder)
+from .data import (IMAGE_SUFFIXES, DataError, Dataset, check_folder_fits, check_shape, empty_class_error, folder_layout,
+                   load_fashion_mnist, load_image, load_image_folder, read_image)
 
 MEMORY_BUDGET_BYTES = 2 << 30  # above this many decoded uint8 bytes, an ImageFolder is streamed
 LOADERS = ("auto", "memory", "stream")
@@ -54,8 +53,7 @@ def scan(root: Path, class_names: tuple[str, ...], image_size: int, in_chans: in
     for label, name in enumerate(class_names):
         files = [str(p) for p in sorted((root / name).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
-            raise DataError(f"class folder {root / name} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}): add "
-                            "images to it or remove the folder from every split")
+            raise empty_class_error(root / name)
         paths += files
         labels += [label] * len(files)
     return FileSplit(paths, torch.tensor(labels, dtype=torch.int64), image_size, in_chans)
@@ -87,20 +85,18 @@ def random_resized_crop(width: int, height: int, g: torch.Generator, scale=(0.25
 
 
 def decode_for_training(path: str, image_size: int, in_chans: int, seed: int) -> torch.Tensor:
-    """Full image -> random resized crop -> random horizontal flip, uint8 C,H,W; the draws come from `seed`."""
+    """Full image -> random resized crop -> random horizontal flip, uint8 C,H,W; the draws come from `seed`.
+    Read through data.read_image, so the same header checks refuse bombs and absurd shapes."""
     from PIL import Image
 
     g = torch.Generator().manual_seed(seed)
-    mode = "L" if in_chans == 1 else "RGB"
-    with Image.open(path) as img:
-        img.draft(mode, (2 * image_size, 2 * image_size))  # JPEG: decode at 1/2-1/8 scale when that is still enough
-        img = img.convert(mode)
+
+    def crop_and_flip(img):
         box = random_resized_crop(img.width, img.height, g)
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
-        if bool(torch.rand(1, generator=g) < 0.5):
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-    return (x[None] if x.ndim == 2 else x.permute(2, 0, 1)).contiguous()
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if bool(torch.rand(1, generator=g) < 0.5) else img
+
+    return read_image(Path(path), in_chans, crop_and_flip, draft=2 * image_size)
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -115,10 +111,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def _read(self, i: int) -> torch.Tensor:
         s = self.split
         if self.train:
-            try:
-                return decode_for_training(s.paths[i], s.image_size, s.in_chans, _sample_seed(self.seed, self.epoch, i))
-            except (OSError, ValueError, SyntaxError) as e:
-                raise DataError(f"cannot read image {s.paths[i]}: {e}") from None
+            return decode_for_training(s.paths[i], s.image_size, s.in_chans, _sample_seed(self.seed, self.epoch, i))
         return load_image(Path(s.paths[i]), s.image_size, s.in_chans)
 
     def __getitem__(self, i: int):
@@ -131,20 +124,18 @@ class ImageFiles(torch.utils.data.Dataset):
         raise DataError(f"none of the {len(self)} images of the data set can be read")
 
 
-def train_batches(split: FileSplit, batch_size: int, seed: int, epoch: int, world: int = 1, rank: int = 0):
-    """One epoch of this rank's training batches: (uint8 images, labels, images read as themselves)."""
+def train_batches(split: FileSplit, batch_size: int, seed: int, epoch: int, world: int = 1, rank: int = 0,
+                  augment: bool = True):
+    """One epoch of this rank's training batches: (uint8 images, labels, images read as themselves). Without
+    augmentation, the evaluation crop in the same sharded order."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     sampler = DistributedSampler(range(len(split)), num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                  drop_last=True)
     sampler.set_epoch(epoch)
-    return DataLoader(ImageFiles(split, train=True, seed=seed, epoch=epoch), batch_size=batch_size, sampler=sampler,
+    return DataLoader(ImageFiles(split, train=augment, seed=seed, epoch=epoch), batch_size=batch_size, sampler=sampler,
                       num_workers=split.workers, drop_last=True, pin_memory=torch.cuda.is_available(),
                       persistent_workers=False)
-
-
-def steps_per_epoch(split: FileSplit, batch_size: int, world: int) -> int:
-    return (len(split) // world) // batch_size
 
 
 def eval_batches(split: FileSplit, batch_size: int):
@@ -158,9 +149,10 @@ def decoded_bytes(n_images: int, image_size: int, in_chans: int) -> int:
     return n_images * in_chans * image_size * image_size
 
 
-def load_dataset(data_dir: Path | None, image_size: int, in_chans: int, loader: str = "auto") -> Dataset:
+def load_dataset(data_dir: Path | None, image_size: int, in_chans: int, loader: str = "auto",
+                 workers: int | None = None) -> Dataset:
     """The training data set. Fashion-MNIST and ImageFolders that fit the memory budget are decoded into memory;
-    larger ImageFolders (or loader="stream") are streamed from disk by DataLoader workers."""
+    larger ImageFolders (or loader="stream") are streamed from disk by `workers` DataLoader workers per rank."""
     if loader not in LOADERS:
         raise DataError(f"unknown data loader {loader!r}; choose one of: {', '.join(LOADERS)}")
     if data_dir is None:
@@ -168,12 +160,14 @@ def load_dataset(data_dir: Path | None, image_size: int, in_chans: int, loader: 
             raise DataError("--data-loader stream needs --data-dir (Fashion-MNIST is always read into memory)")
         return check_shape(load_fashion_mnist(), image_size, in_chans)
     root = Path(data_dir)
-    train_dir, test_dir, class_names = folder_layout(root)
-    if loader == "auto":
-        files = sum(1 for name in class_names for p in (train_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        loader = "stream" if decoded_bytes(files, image_size, in_chans) > MEMORY_BUDGET_BYTES else "memory"
     if loader == "memory":
         return check_shape(load_image_folder(root, image_size, in_chans), image_size, in_chans)
+    train_dir, test_dir, class_names = folder_layout(root)
+    train = scan(train_dir, class_names, image_size, in_chans)  # listed once, also to size the data set
+    if loader == "auto" and decoded_bytes(len(train), image_size, in_chans) <= MEMORY_BUDGET_BYTES:
+        return check_shape(load_image_folder(root, image_size, in_chans), image_size, in_chans)
     check_folder_fits(root, image_size, in_chans)
-    return Dataset(root.name, class_names, scan(train_dir, class_names, image_size, in_chans),
-                   scan(test_dir, class_names, image_size, in_chans))
+    test = scan(test_dir, class_names, image_size, in_chans)
+    if workers is not None:
+        train.workers = test.workers = workers
+    return Dataset(root.name, class_names, train, test)

@@ -169,15 +169,7 @@ def epoch_batches(data: Split | FileSplit, cfg: TrainConfig, epoch: int, per_ran
     """This rank's (uint8 images, labels, read flags) batches for one epoch. Shuffles and augmentation are
     drawn from (seed, epoch), so an epoch is reproducible and a resumed run matches an uninterrupted one."""
     if isinstance(data, FileSplit):
-        if cfg.augment:
-            yield from stream.train_batches(data, per_rank, cfg.seed, epoch, world, rank)
-            return
-        # no augmentation: the evaluation crop, in the same sharded order
-        sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, seed=cfg.seed,
-                                                      drop_last=True)
-        sampler.set_epoch(epoch)
-        yield from torch.utils.data.DataLoader(stream.ImageFiles(data, train=False), batch_size=per_rank, sampler=sampler,
-                                               num_workers=data.workers, drop_last=True)
+        yield from stream.train_batches(data, per_rank, cfg.seed, epoch, world, rank, augment=cfg.augment)
         return
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     perm = torch.randperm(len(data), generator=g)[: steps * per_rank * world]
@@ -220,10 +212,8 @@ def _train_stage(
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.cfg.is_moe)
     world, rank = _world(), _rank()
     per_rank = max(1, cfg.batch_size // world)
-    if isinstance(data, FileSplit):
-        steps_per_epoch = stream.steps_per_epoch(data, per_rank, world)
-    else:
-        steps_per_epoch = len(data) // (per_rank * world)
+    # = DistributedSampler's per-rank share (len // world) in whole batches, the streamed path's count
+    steps_per_epoch = len(data) // (per_rank * world)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data)} training images are fewer than one batch of {cfg.batch_size}")
     total = steps_per_epoch * epochs
