@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, needs_fmnist
+from conftest import REPO, SHIPPED, needs_fmnist
 
 KOTLIN = sorted((REPO / "android_demo").rglob("*.kt")) + sorted((REPO / "android_demo").rglob("*.kts"))
 SWIFT = sorted((REPO / "ios_demo").rglob("*.swift"))
@@ -57,10 +57,19 @@ def test_parse_check_catches_a_syntax_error():
 @needs_fmnist
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("kotlinc") is None, reason="kotlinc not installed (apt-get install kotlin junit4)")
-def test_kotlin_core_junit_against_golden_vectors(shipped_bundle):
+def test_kotlin_core_junit_against_golden_vectors(shipped_bundle, tmp_path):
+    from vmoe_export.checkpoint import load_checkpoint
+    from vmoe_export.data import load_fashion_mnist
+    from vmoe_export.export import ExportOptions, export_bundle
+
     bundle, report = shipped_bundle("executorch")
     assert report["status"] == "pass"
-    r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(bundle)],
+    test = load_fashion_mnist().test
+    fused, fused_report = export_bundle(load_checkpoint(SHIPPED), "executorch", tmp_path, test.images, test.labels,
+                                        ExportOptions(parity_images=50, progress=False, schedule="fused"),
+                                        log=lambda s: None)
+    assert fused_report["status"] == "pass"
+    r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(bundle), str(fused)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "OK (16 tests)" in r.stdout
+    assert "OK (17 tests)" in r.stdout

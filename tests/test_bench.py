@@ -102,6 +102,7 @@ def test_report_files_and_fields(tiny_run, tmp_path):
     assert stage_sum <= b["split"]["end_to_end"]["mean_ms"]
     assert b["split"]["expert_cold_load"]["n"] == model.cfg.num_experts  # one cold load per expert
     assert b["split"]["expert_cold_load_verified_once"]["n"] == model.cfg.num_experts
+    assert b["split"]["expert_cold_load_uncached"]["n"] == model.cfg.num_experts  # Linux: posix_fadvise exists
     assert sum(b["split"]["routed_histogram"]) == runs * model.cfg.top_k
     mem = b["memory"]
     assert "error" not in mem, mem
@@ -110,6 +111,8 @@ def test_report_files_and_fields(tiny_run, tmp_path):
     assert mem["shared_loaded_rss"] > mem["baseline_rss"] > 10 * 2**20  # sessions cost memory; python itself > 10 MiB
     # One marginal reading per expert that the first image did not route to, each over its own bytes.
     assert len(mem["expert_marginal_rss"]) == len(mem["expert_bytes"]) == model.cfg.num_experts - model.cfg.top_k
+    assert len(mem["expert_load_rss"]) == len(mem["expert_bytes"]) and mem["malloc_trim"]
+    assert mem["first_image_growth_mb"] == pytest.approx(mem["shared_first_run_mb"] + mem["routed_experts_mb"])
     assert mem["expert_marginal_over_bytes"] is not None and "per expert / its bytes" in (tmp_path / "README.md").read_text()
     assert set(data["ratios"]["onnx"]) == {"split_over_dense_twin", "split_over_monolithic", "split_over_eager_model",
                                            "cold_load_over_warm_expert_exec"}
@@ -188,14 +191,29 @@ def test_paper_matrix_quick_writes_its_tables(tmp_path):
     assert _load_script("paper_matrix").main(["--quick", "--variants", str(cfg), "--out", str(tmp_path / "r")]) == 0
     result = json.loads((tmp_path / "r" / "paper_matrix.json").read_text())
     rows = result["rows"]
-    assert [r["backend"] for r in rows] == runtime_targets() and result["settings"]["quick"]
+    assert [(r["schedule"], r["backend"]) for r in rows] == [(s, t) for s in ("per-layer", "fused") for t in runtime_targets()]
+    assert result["settings"]["quick"]
     for r in rows:
         assert r["variant"] == "tiny-rgb" and r["top_k"] == 1 and r["threads"] == 1
         assert r["flops_active"] < r["flops_monolithic"] and r["params_active"] < r["params_total"]
         assert r["split_over_dense"] == pytest.approx(r["split_ms"] / r["dense_ms"])
         assert r["rss_shared_mb"] is not None and r["bundle_bytes"] > 0
+        assert r["rss_first_image_mb"] == pytest.approx(r["rss_shared_first_run_mb"] + r["rss_routed_experts_mb"])
+    # Same model, same FLOPs: the fused bundle stores the MoE attention once per expert, so it is larger.
+    by = {(r["schedule"], r["backend"]): r for r in rows}
+    for t in runtime_targets():
+        assert by["fused", t]["flops_active"] == by["per-layer", t]["flops_active"]
+        assert by["fused", t]["bundle_bytes"] > by["per-layer", t]["bundle_bytes"]
     md = (tmp_path / "r" / "paper_matrix.md").read_text()
-    assert md.count("| tiny-rgb | 1 | 1 |") == len(rows) and "synthetic: latency only" in md
+    assert md.count("| tiny-rgb | 1 | per-layer | 1 |") == md.count("| tiny-rgb | 1 | fused | 1 |") == len(rows) // 2
+    assert "synthetic: latency only" in md
+    header = next(line for line in md.splitlines() if line.startswith("| variant |"))
+    assert {line.count("|") for line in md.splitlines() if line.startswith("| tiny-rgb |")} == {header.count("|")}
+    script = _load_script("paper_matrix")  # the targets section, fed this run's rows as if they were vit-12x192's
+    as_target = {**result, "rows": [{**r, "variant": script.TARGET_VARIANT} for r in rows]}
+    section = script.markdown(as_target).split("against issue 10's targets")[1]
+    assert section.count("| 1 | fused |") == section.count("| 1 | per-layer |") == len(runtime_targets())
+    assert section.count(" met") + section.count(" missed") == 4 * len(rows)
     for png in ("paper_latency.png", "paper_memory.png"):
         assert (tmp_path / "r" / png).read_bytes()[:4] == b"\x89PNG"
 

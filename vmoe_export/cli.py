@@ -8,8 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, fail, interrupt_on_sigterm,
-                       quiet_converters, resolve_model, user_errors)
+from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, add_schedule_argument, fail,
+                       interrupt_on_sigterm, quiet_converters, resolve_model, user_errors)
 from .model import list_configs
 
 
@@ -165,6 +165,7 @@ def export_parser() -> argparse.ArgumentParser:
     for backend in all_backends():
         if backend.add_arguments:
             backend.add_arguments(p.add_argument_group(f"{backend.name} options"))
+    add_schedule_argument(p)
     p.add_argument("--golden-images", type=int, default=o.golden_images, help=f"test images written as golden vectors for the apps (default {o.golden_images})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -182,7 +183,7 @@ def export_main(argv: list[str] | None = None) -> int:
     from .backends import TARGETS, get_backend
     from .bundle import DIGEST, bundle_bytes, read_manifest
     from .data import calibration_split, eval_split
-    from .export import ExportOptions, check_output_dir, export_bundle, make_plan
+    from .export import ExportOptions, check_output_dir, export_bundle, make_plan, resolve_schedule
     from .parity import ParityBounds, ParityError
     from .quantize import QuantOptions
 
@@ -212,10 +213,11 @@ def export_main(argv: list[str] | None = None) -> int:
         if not cfg.is_moe:
             raise ValueError(f"model '{cfg.name}' is dense (moe_layers=0): export an MoE checkpoint (model.pt from "
                              "vmoe-train) or an MoE config")
+        schedule = resolve_schedule(args.schedule, cfg.top_k, quant)  # refuse fused + k>1 or int8 before any work
         data = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
         test = data.split
         options = ExportOptions(
-            eval_data={"kind": data.kind, "description": data.description},
+            eval_data={"kind": data.kind, "description": data.description}, schedule=schedule,
             parity_images=args.parity_images, bounds=bounds, quant=quant,
             golden_images=args.golden_images, progress=not args.quiet, backend_options=backend_options,
         )

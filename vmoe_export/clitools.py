@@ -96,3 +96,13 @@ def add_data_dir_argument(parser, what: str) -> None:
                         help=f"ImageFolder dataset (DIR/test/<class>/*) whose test images are used for {what} "
                         "(default: the Fashion-MNIST test set for checkpoints trained on it; seeded synthetic images "
                         "with --random-init)")
+
+
+def add_schedule_argument(parser) -> None:
+    parser.add_argument(
+        "--schedule", default="per-layer", choices=["per-layer", "fused", "auto"],
+        help="how a bundle runs its MoE layers. per-layer (default, every k, every quantization mode, and what the "
+        "demo apps run): shared attention graph + one graph per expert and layer. fused (k=1, fp32): trunk+router, "
+        "then one graph per expert through every MoE layer, then the head: 2L fewer graph calls per image, larger "
+        "bundle (the MoE attention is stored per expert). auto: fused where allowed, per-layer otherwise. "
+        "See benchmarks/results/paper_matrix.md for what each costs")

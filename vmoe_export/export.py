@@ -32,6 +32,7 @@ from .backends import Backend, get_backend
 from .bundle import DIGEST, MANIFEST, SCHEMA, SCHEMA_VERSION, manifest_digest, sha256_of, size_of
 from .checkpoint import Checkpoint, atomic_write_bytes
 from .data import preprocess
+from .errors import ConfigError
 from .flops import count_flops
 from .manifest import preprocessing_block, superclass_names
 from .model import count_params
@@ -52,6 +53,9 @@ class ExportOptions:
     parity_images: int | None = None  # None: FP32_PARITY_IMAGES, or QUANTIZED_PARITY_IMAGES when quantized
     bounds: ParityBounds | None = None  # None: ParityBounds() for fp32, ParityBounds.quantized() when quantized
     quant: QuantOptions = field(default_factory=QuantOptions)
+    # "per-layer" (exact for every k), "fused" (k=1: three graph calls per image instead of 3 + 2L) or "auto": fused
+    # where it is exact and the bundle is fp32 (the fused graphs have no int8 path yet), per-layer otherwise
+    schedule: str = "per-layer"
     golden_images: int = 4
     progress: bool = True
     # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="palettize4")}); a target without
@@ -114,7 +118,7 @@ def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: d
              "size_bytes": int(schedule.expert_total(sizes, e))}
             for e in range(cfg.num_experts)
         ],
-        "schedule": {"kind": "per-layer", "batch_size": 1, "steps": schedule.to_json()},
+        "schedule": {"kind": schedule.kind, "batch_size": 1, "steps": schedule.to_json()},
         "graphs": entries,
         "golden": "golden/golden.json" if options.golden_images else None,
         "eval_data": dict(options.eval_data),
@@ -124,12 +128,12 @@ def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: d
 RunGraph = Callable[..., list[np.ndarray]]  # (graph name, *numpy inputs) -> numpy outputs
 
 
-def torch_golden_source(model, graphs: list[Graph]) -> tuple[Callable, RunGraph]:
+def torch_golden_source(model, graphs: list[Graph], schedule: Schedule) -> tuple[Callable, RunGraph]:
     """PyTorch's value at every stage (fp32 bundles: the bundle matches it to float rounding)."""
     by_name = {g.name: g for g in graphs}
 
     def traces(x: torch.Tensor) -> list[dict]:
-        return reference_traces(model, graphs, model.schedule, x)
+        return reference_traces(model, graphs, schedule, x)
 
     def run_graph(name: str, *xs: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():
@@ -179,8 +183,11 @@ def write_golden(path: Path, schedule: Schedule, source: tuple[Callable, RunGrap
     _write_json(path, payload)
 
 
-def _combine_vector(run_graph: RunGraph, schedule: Schedule, ref: dict) -> dict:
-    """The first MoE layer of one image, graph by graph, so the apps can test their gate mixing."""
+def _combine_vector(run_graph: RunGraph, schedule: Schedule, ref: dict) -> dict | None:
+    """The first MoE layer of one image, graph by graph, so the apps can test their gate mixing
+    (None for the fused schedule: its graphs mix inside, the cases' logits test them)."""
+    if not schedule.moe_layers:
+        return None
     layer = schedule.moe_layers[0]
     attn_out, hidden = run_graph(layer.attention, ref["tokens"])
     outs = [run_graph(layer.experts[int(e)], hidden)[0] for e in ref["experts"]]
@@ -306,8 +313,8 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
     backend.check_quantization(options.quant.mode, backend_options)
     options = replace(options, quant=options.quant.for_backend(backend.calibration))
     model = ckpt.build_model()
-    schedule = model.schedule
-    graphs = split_model(model)
+    schedule = model.schedule_of(resolve_schedule(options.schedule, ckpt.config.top_k, options.quant))
+    graphs = split_model(model, schedule)
     if plan is None:
         plan = make_plan(ckpt, graphs, schedule, options.quant, calibration_images, log)
     n_calibration = 0 if calibration_images is None else min(len(calibration_images), options.quant.calibration_images)
@@ -346,7 +353,7 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
             if options.quant.quantized and runtime is not None:
                 source, produced_by = bundle_golden_source(runtime), f"this {target} bundle ({options.quant.mode})"
             else:
-                source, produced_by = torch_golden_source(model, graphs), "PyTorch fp32"
+                source, produced_by = torch_golden_source(model, graphs, schedule), "PyTorch fp32"
                 if options.quant.quantized:
                     log(f"{target}: golden vectors are PyTorch fp32 values: this quantized bundle cannot run here "
                         "to record its own (the apps' exact checks need a bundle exported where it runs)")
@@ -379,6 +386,21 @@ def _parity(backend, bundle_dir: Path, manifest: dict, model, graphs, ckpt, imag
     runtime = BundleRuntime(bundle_dir, require_parity=False)  # the bundle being built has no parity yet
     labelled = options.eval_data["kind"] != "synthetic"  # noise images have no labels: accuracy would mean nothing
     return check_bundle(runtime, model, graphs, x, labels[:n], options.parity_bounds(), options.progress, labelled), runtime
+
+
+def resolve_schedule(kind: str, top_k: int, quant: QuantOptions) -> str:
+    """The schedule kind an export uses; refuses the combinations that would not be exact or not supported."""
+    if kind == "auto":
+        return "fused" if top_k == 1 and not quant.quantized else "per-layer"
+    if kind == "fused" and quant.quantized:
+        raise ConfigError("--schedule fused exports fp32 only in this version (its graphs hold the router and the "
+                          "MoE attention, which the int8 paths calibrate per layer); use --schedule per-layer or auto")
+    if kind == "fused" and top_k != 1:
+        raise ConfigError(f"--schedule fused is exact only for top_k=1 (this model routes to {top_k} experts, mixed "
+                          "inside every MoE layer); use --schedule per-layer or auto")
+    if kind not in ("per-layer", "fused"):
+        raise ConfigError(f"unknown schedule {kind!r}: use auto, per-layer or fused")
+    return kind
 
 
 def make_plan(ckpt: Checkpoint, graphs: list[Graph], schedule: Schedule, quant: QuantOptions,

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from .errors import BundleError, ConfigError
 from .model import LIMITS, POLARITIES, ModelConfig
 from .quantize import MODES, ROUTER_PRECISION
-from .schedule import ROLES, Schedule, ScheduleError, artifact_relpath
+from .schedule import KINDS, ROLES, Schedule, ScheduleError, artifact_relpath
 
 MAX_GRAPHS = 4096
 MAX_NAME = 256
@@ -97,7 +97,7 @@ class ExpertEntry(_Strict):
 
 
 class ScheduleBlock(_Strict):
-    kind: Literal["per-layer"]
+    kind: Literal[KINDS]  # type: ignore[valid-type]
     batch_size: Literal[1]
     steps: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_GRAPHS)]
 
@@ -200,10 +200,14 @@ def check(m: Manifest, suffix: str, runtime_unavailable: str | None, require_par
         schedule = Schedule.from_json(m.schedule.steps)
     except ScheduleError as e:
         raise ManifestError(f"manifest schedule: {e}") from None
-    # Compared as stored (prose rules included): a bundle runs exactly the schedule its model defines.
-    if m.schedule.steps != Schedule.per_layer(cfg.num_experts, cfg.moe_layers, cfg.top_k).to_json():
+    # Compared as stored (prose rules included): a bundle runs exactly the schedule of its kind its model defines.
+    try:
+        want = Schedule.of_kind(m.schedule.kind, cfg.num_experts, cfg.moe_layers, cfg.top_k)
+    except ScheduleError as e:
+        raise ManifestError(f"manifest schedule: {e}") from None
+    if m.schedule.steps != want.to_json():
         raise ManifestError(f"manifest schedule does not match its model (E={cfg.num_experts}, L={cfg.moe_layers}, "
-                            f"k={cfg.top_k}); re-export the bundle")
+                            f"k={cfg.top_k}, {m.schedule.kind} schedule); re-export the bundle")
     specs = schedule.graphs()
     if set(m.graphs) != {s.name for s in specs}:
         extra, missing = set(m.graphs) - {s.name for s in specs}, [s.name for s in specs if s.name not in m.graphs]

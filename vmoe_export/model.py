@@ -131,6 +131,8 @@ class ModelConfig:
             return (1, self.num_patches, self.embed_dim)
         if name == sched.ROUTER_LOGITS:
             return (1, self.num_experts)
+        if name == sched.GATE:
+            return (1, 1)
         if name == sched.LOGITS:
             return (1, self.num_classes)
         raise KeyError(f"unknown tensor {name!r}")
@@ -343,6 +345,18 @@ class MobileVMoE(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(x).mean(dim=1))
 
+    def trunk_and_route(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = MobileVMoE.trunk(self, images)
+        return x, self.router(x)
+
+    def expert_path(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """k=1, one expert's road through every MoE layer: the shared attention, then tokens + gate * MLP,
+        as MoEBlock.forward computes it for an image routed to this expert alone."""
+        for attend, mlp in zip(self.attend, self.mlps, strict=True):
+            x, h = attend(x)
+            x = x + gate * mlp(h)
+        return x
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (class logits, router logits or None for a dense model)."""
         x = self.trunk(images)
@@ -358,14 +372,21 @@ class MobileVMoE(nn.Module):
     # ---- the split protocol
     @property
     def schedule(self) -> sched.Schedule:
+        """The per-layer schedule: one graph per weight set, so its graphs' parameters sum to the model's."""
+        return self.schedule_of("per-layer")
+
+    def schedule_of(self, kind: str) -> sched.Schedule:
         c = self.cfg
-        return sched.Schedule.per_layer(c.num_experts, c.moe_layers, c.top_k)
+        return sched.Schedule.of_kind(kind, c.num_experts, c.moe_layers, c.top_k)
 
     def tensor_shape(self, name: str) -> tuple[int, ...]:
         return self.cfg.tensor_shape(name)
 
     def graph_module(self, spec: sched.GraphSpec) -> nn.Module:
         """The module computing one graph of the schedule, holding only that graph's weights."""
+        if spec.role == "trunk" and sched.ROUTER_LOGITS in spec.outputs:
+            return GraphView(MobileVMoE.trunk_and_route, patch_embed=self.patch_embed, pos_embed=self.pos_embed,
+                             blocks=self.blocks, router=self.router)
         if spec.role == "trunk":
             return GraphView(MobileVMoE.trunk, patch_embed=self.patch_embed, pos_embed=self.pos_embed, blocks=self.blocks)
         if spec.role == "router":
@@ -373,6 +394,11 @@ class MobileVMoE(nn.Module):
         if spec.role == "attention":
             blk = self.moe_blocks[spec.layer]
             return GraphView(MoEBlock.attend, norm1=blk.norm1, attn=blk.attn, norm2=blk.norm2)
+        if spec.role == "expert" and spec.layer is None:
+            attend = nn.ModuleList(GraphView(MoEBlock.attend, norm1=b.norm1, attn=b.attn, norm2=b.norm2)
+                                   for b in self.moe_blocks)
+            mlps = nn.ModuleList(b.experts[spec.expert] for b in self.moe_blocks)
+            return GraphView(MobileVMoE.expert_path, attend=attend, mlps=mlps)
         if spec.role == "expert":
             return self.moe_blocks[spec.layer].experts[spec.expert]
         if spec.role == "head":

@@ -9,11 +9,19 @@ A schedule is a list of steps, stored as data in every bundle's manifest:
     route      k experts from router logits            -> experts, gates
     moe_layer  attention: tokens -> tokens_out, hidden; then
                tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden)
+    expert_path  (k=1 only) tokens = experts[id](tokens, gate): one graph per expert holding every
+               MoE layer's attention and that expert's MLP
 
 `execute` walks those steps over any array type (torch tensors for the reference, numpy
 arrays from a backend's runtime) given a `run(graph, *inputs)` and a `select(router_logits)`.
-A new schedule (say, a fused per-expert path for k=1) is a new step kind and its branch in
-`execute`, not six edits.
+Two schedules exist (KINDS). "per-layer" is exact for every k: per MoE layer, the shared attention
+graph, then the routed experts' per-layer graphs, mixed by their gates. "fused" (k=1 only) runs three
+graphs per image: the trunk with the router as a second output, the routed expert's whole path
+(every MoE layer's attention and that expert's MLP), the head. With one expert per image the
+per-layer mix is a single term, so the fused path computes the same thing with 2L fewer graph calls;
+the price is the MoE layers' attention stored once per expert instead of once (the head, 1000
+classes x D weights on ImageNet, stays shared: a copy per expert would add more load time than the
+one call it saves).
 
 This module imports nothing from the package but its error type: it is the lowest room.
 """
@@ -26,11 +34,13 @@ from typing import Any, Callable, Mapping, Sequence
 from .errors import VmoeError
 
 TRUNK, ROUTER, HEAD = "trunk", "router", "head"
+KINDS = ("per-layer", "fused")
 ROLES = ("trunk", "router", "attention", "expert", "head")
 
 # Tensor names at the graph boundaries (also the names exported graphs give their inputs and outputs).
 IMAGES, TOKENS, ROUTER_LOGITS, LOGITS = "images", "tokens", "router_logits", "logits"
 TOKENS_OUT, HIDDEN, EXPERT_OUT = "tokens_out", "hidden", "expert_out"
+GATE = "gate"  # the routed expert's gate as a (1, 1) tensor: the fused path's second input
 
 
 def attention_graph(layer: int) -> str:
@@ -41,6 +51,10 @@ def expert_graph(layer: int, expert: int) -> str:
     return f"moe{layer}_e{expert}"
 
 
+def expert_path_graph(expert: int) -> str:
+    return f"e{expert}_path"
+
+
 def layer_output(layer: int) -> str:
     """Trace key of the tokens after MoE layer `layer` (parity compares every stage)."""
     return f"moe{layer}_out"
@@ -49,7 +63,8 @@ def layer_output(layer: int) -> str:
 def artifact_relpath(spec: "GraphSpec", suffix: str) -> str:
     """Where a graph's artifact lives inside a bundle: an expert's graphs share one folder."""
     if spec.role == "expert":
-        return f"experts/e{spec.expert}/moe{spec.layer}{suffix}"
+        part = "path" if spec.layer is None else f"moe{spec.layer}"
+        return f"experts/e{spec.expert}/{part}{suffix}"
     return f"shared/{spec.name}{suffix}"
 
 
@@ -88,7 +103,13 @@ class MoELayer:
     experts: tuple[str, ...]  # index = expert id
 
 
-Step = Run | Route | MoELayer
+@dataclass(frozen=True)
+class ExpertPath:
+    moe_layers: int  # how many MoE layers each path holds
+    experts: tuple[str, ...]  # index = expert id
+
+
+Step = Run | Route | MoELayer | ExpertPath
 
 
 class ScheduleError(VmoeError, ValueError):
@@ -111,15 +132,42 @@ class Schedule:
         steps.append(Run(HEAD, "head", (TOKENS,), (LOGITS,)))
         return cls(tuple(steps))
 
+    @classmethod
+    def fused(cls, num_experts: int, moe_layers: int) -> "Schedule":
+        """k=1: trunk+router in one graph, the routed expert's path through every MoE layer, the head."""
+        return cls((Run(TRUNK, "trunk", (IMAGES,), (TOKENS, ROUTER_LOGITS)), Route(ROUTER_LOGITS, 1),
+                    ExpertPath(moe_layers, tuple(expert_path_graph(e) for e in range(num_experts))),
+                    Run(HEAD, "head", (TOKENS,), (LOGITS,))))
+
+    @classmethod
+    def of_kind(cls, kind: str, num_experts: int, moe_layers: int, top_k: int) -> "Schedule":
+        """The schedule `kind` (one of KINDS) for a model."""
+        if kind == "per-layer":
+            return cls.per_layer(num_experts, moe_layers, top_k)
+        if kind == "fused":
+            if top_k != 1:
+                raise ScheduleError(f"the fused schedule is exact only for top_k=1 (this model routes to {top_k} "
+                                    "experts, mixed inside every MoE layer); use the per-layer schedule")
+            return cls.fused(num_experts, moe_layers)
+        raise ScheduleError(f"unknown schedule kind {kind!r}; one of {', '.join(KINDS)}")
+
     # ---- derived facts
+    @property
+    def kind(self) -> str:
+        return "fused" if any(isinstance(s, ExpertPath) for s in self.steps) else "per-layer"
+
     @property
     def moe_layers(self) -> list[MoELayer]:
         return [s for s in self.steps if isinstance(s, MoELayer)]
 
     @property
+    def _expert_steps(self) -> list[MoELayer | ExpertPath]:
+        return [s for s in self.steps if isinstance(s, (MoELayer, ExpertPath))]
+
+    @property
     def num_experts(self) -> int:
-        layers = self.moe_layers
-        return len(layers[0].experts) if layers else 0
+        steps = self._expert_steps
+        return len(steps[0].experts) if steps else 0
 
     @property
     def top_k(self) -> int:
@@ -135,6 +183,8 @@ class Schedule:
                 out.append(GraphSpec(s.attention, "attention", (TOKENS,), (TOKENS_OUT, HIDDEN), layer=s.layer))
                 out += [GraphSpec(g, "expert", (HIDDEN,), (EXPERT_OUT,), layer=s.layer, expert=e)
                         for e, g in enumerate(s.experts)]
+            elif isinstance(s, ExpertPath):
+                out += [GraphSpec(g, "expert", (TOKENS, GATE), (TOKENS_OUT,), expert=e) for e, g in enumerate(s.experts)]
         return out
 
     @property
@@ -142,8 +192,8 @@ class Schedule:
         return [g.name for g in self.graphs() if g.role != "expert"]
 
     def expert_graphs(self, expert: int) -> list[str]:
-        """Expert `expert`'s graphs, one per MoE layer: loaded and evicted as one unit."""
-        return [s.experts[expert] for s in self.moe_layers]
+        """Expert `expert`'s graphs (one per MoE layer, or its one path): loaded and evicted as one unit."""
+        return [s.experts[expert] for s in self._expert_steps]
 
     def role_of(self, graph: str) -> str:
         return next(g.role for g in self.graphs() if g.name == graph)
@@ -174,10 +224,13 @@ class Schedule:
                 out.append({"op": "route", "logits": s.logits, "k": s.k,
                             "rule": "probs = softmax(logits); experts = top_k(probs), ties to the lower id; "
                                     "gates = probs[experts], not renormalised"})
-            else:
+            elif isinstance(s, MoELayer):
                 out.append({"op": "moe_layer", "layer": s.layer, "attention": s.attention, "experts": list(s.experts),
                             "rule": "tokens_out, hidden = attention(tokens); "
                                     "tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden)"})
+            else:
+                out.append({"op": "expert_path", "moe_layers": s.moe_layers, "experts": list(s.experts),
+                            "rule": "k=1: tokens = experts[ids[0]](tokens, gate = [[gates[0]]])"})
         return out
 
     @classmethod
@@ -196,13 +249,18 @@ class Schedule:
                     parsed.append(Route(_str(s["logits"]), _int(s["k"])))
                 elif op == "moe_layer":
                     parsed.append(MoELayer(_int(s["layer"]), _str(s["attention"]), _strs(s["experts"])))
+                elif op == "expert_path":
+                    parsed.append(ExpertPath(_int(s["moe_layers"]), _strs(s["experts"])))
                 else:
                     raise ScheduleError(f"schedule step {i} has unknown op {op!r}")
             except KeyError as e:
                 raise ScheduleError(f"schedule step {i} lacks {e}") from None
             except TypeError as e:
                 raise ScheduleError(f"schedule step {i}: {e}") from None
-        return cls(tuple(parsed))
+        schedule = cls(tuple(parsed))
+        if schedule.kind == "fused" and schedule.top_k != 1:
+            raise ScheduleError(f"an expert_path step needs k=1, the route step says k={schedule.top_k}")
+        return schedule
 
 
 def _str(v) -> str:
@@ -244,6 +302,11 @@ def execute(schedule: Schedule, run: RunGraph, select: Select, images, trace: di
             env["experts"], env["gates"] = select(env[step.logits])
             if trace is not None:
                 trace["experts"], trace["gates"] = list(env["experts"]), list(env["gates"])
+        elif isinstance(step, ExpertPath):
+            (e,), (gate,) = env["experts"], env["gates"]
+            (env[TOKENS],) = run(step.experts[int(e)], env[TOKENS], gate.reshape(1, 1))
+            if trace is not None:
+                trace[layer_output(step.moe_layers - 1)] = env[TOKENS]
         else:
             tokens_out, hidden = run(step.attention, env[TOKENS])
             mixed = tokens_out

@@ -7,12 +7,12 @@ returning the nn.Module that computes one graph of it and holds only that graph'
 implements it; a second model family plugs in by implementing the same three members, and
 split, export, parity and the runtime need no change.
 
-Why per-layer expert graphs rather than one graph per expert covering all L layers: for
+Two schedules (vmoe_export.schedule): per-layer expert graphs are exact for every k (for
 k >= 2 the gate-weighted mix happens inside every MoE layer, so layer l+1 needs the mixed
-output of layer l; a fused per-expert graph is exact only for k=1. Per-layer graphs give one
-exact schedule for every k, keep the shared attention stored once instead of once per
-expert, and an expert is still loaded as a unit (schedule.expert_graphs(e)). The cost is L
-more (small) graph calls per image, which the benchmarks measure.
+output of layer l) and keep the shared attention stored once; the fused schedule, exact only
+for k=1, gives each expert one graph through every MoE layer, 2L graph calls fewer per image
+at the price of the MoE attention stored per expert. Either way an
+expert is loaded as a unit (schedule.expert_graphs(e)); the benchmarks measure both.
 """
 
 from __future__ import annotations
@@ -106,10 +106,10 @@ def graph_of(model: SplittableModel, spec: GraphSpec) -> Graph:
     return Graph(spec, model.graph_module(spec), inputs)
 
 
-def split_model(model: SplittableModel) -> list[Graph]:
-    """Every graph of the model's schedule, in schedule order."""
-    schedule = model.schedule
-    if not schedule.moe_layers:
+def split_model(model: SplittableModel, schedule: Schedule | None = None) -> list[Graph]:
+    """Every graph of `schedule` (default: the model's own), in schedule order."""
+    schedule = schedule or model.schedule
+    if not schedule.num_experts:
         raise ValueError("the model is dense (moe_layers=0): there is nothing to route; export an MoE checkpoint")
     if isinstance(model, nn.Module):
         model.eval()

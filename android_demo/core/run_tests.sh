@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Compile the platform-neutral Kotlin core and run its JUnit tests on the JVM against an exported bundle.
-# Usage: run_tests.sh BUNDLE_DIR   (needs kotlinc, junit4 and org.json: apt-get install kotlin junit4 libandroid-json-java)
+# Usage: run_tests.sh BUNDLE_DIR [FUSED_BUNDLE_DIR]   (the same model exported with --schedule fused; without it the
+# fused-schedule test is skipped. Needs kotlinc, junit4 and org.json: apt-get install kotlin junit4 libandroid-json-java)
 set -euo pipefail
 bundle=$(cd "$1" && pwd)
+fused=$([ -n "${2:-}" ] && cd "$2" && pwd || true)
 here=$(cd "$(dirname "$0")" && pwd)
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
@@ -14,4 +16,4 @@ kotlinc -nowarn -cp "$build/core.jar:$cp" "$here"/src/test/kotlin/dev/vmoe/core/
 test -f "$build/tests.jar"
 kotlin_lib=$(dirname "$(readlink -f "$(command -v kotlinc)")")/../lib
 stdlib=$(ls /usr/share/java/kotlin-stdlib.jar 2>/dev/null || ls "$kotlin_lib"/kotlin-stdlib.jar)
-java -Dvmoe.bundle="$bundle" -cp "$build/core.jar:$build/tests.jar:$cp:$stdlib" org.junit.runner.JUnitCore dev.vmoe.core.CoreTest
+java -Dvmoe.bundle="$bundle" -Dvmoe.fusedBundle="$fused" -cp "$build/core.jar:$build/tests.jar:$cp:$stdlib" org.junit.runner.JUnitCore dev.vmoe.core.CoreTest

@@ -68,6 +68,11 @@ def load(path: Path, io: GraphIO, run: RunOptions):
     # idle by default, so two dozen pools of 2 threads fight over the cores: measured at vit-12x192, 2 threads,
     # the routed bundle ran 6.3x slower than its dense twin. Idle threads sleep instead.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # A bundle opens one session per graph, and each session's arena grows in chunks and never shrinks: with it a
+    # loaded vit-12x192 expert held 3.0x its artifact bytes, without it 1.11x (benchmarks/results/paper_matrix.md;
+    # that run also reads RSS after malloc_trim). Latency did not move: 13.42/13.81 ms with the arena vs
+    # 13.59/13.73 without (vit-12x192 fused, 1 thread, two alternating runs).
+    opts.enable_cpu_mem_arena = False
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     in_names, out_names = io.input_names, io.output_names
 

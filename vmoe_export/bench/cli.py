@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..clitools import (add_data_dir_argument, add_model_arguments, fail, interrupt_on_sigterm, quiet_converters,
+from ..clitools import (add_data_dir_argument, add_model_arguments, add_schedule_argument, fail, interrupt_on_sigterm, quiet_converters,
                         resolve_model, user_errors)
 
 
@@ -39,11 +39,15 @@ def parser() -> argparse.ArgumentParser:
                    help="also benchmark int8 bundles of these modes against fp32 (size, latency end to end and per "
                    "stage, cold expert load, accuracy and routing from their parity), each on the backends that offer "
                    "it; bundles live in BUNDLES/<mode>/<target>/ and are exported when missing (parity on 500 images)")
+    add_schedule_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, data, progress: bool) -> dict[str, Path]:
+def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, data, progress: bool,
+                           schedule: str = "per-layer") -> dict[str, Path]:
+    """Each target's fp32 bundle of the resolved `schedule` kind from `bundles_dir`, exported when missing."""
+    from ..bundle import read_manifest
     from ..export import ExportOptions, export_bundle
 
     if bundles_dir.exists() and not bundles_dir.is_dir():
@@ -53,9 +57,13 @@ def find_or_export_bundles(targets: list[str], bundles_dir: Path, ckpt, data, pr
         path = bundles_dir / t
         if not (path / "manifest.json").exists():
             print(f"no {t} bundle in {bundles_dir}: exporting one (parity on 100 images)", file=sys.stderr)
-            options = ExportOptions(parity_images=100, progress=progress,
+            options = ExportOptions(parity_images=100, progress=progress, schedule=schedule,
                                     eval_data={"kind": data.kind, "description": data.description})
             export_bundle(ckpt, t, bundles_dir, data.split.images, data.split.labels, options)
+        has = read_manifest(path)["schedule"]["kind"]
+        if has != schedule:
+            raise ValueError(f"bundle {path} runs the {has} schedule, not {schedule}: pass --schedule {has}, or another "
+                             "--bundles directory to export a fresh one")
         found[t] = path
     return found
 
@@ -100,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..clitools import DEFAULT_CHECKPOINT
     from ..data import eval_split
     from ..model import MobileVMoE
+    from ..export import resolve_schedule
+    from ..quantize import QuantOptions
     from .measure import BenchSettings
     from .report import write_report
     from .run import check_bundles_match, run_benchmarks
@@ -123,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(args.seed)
             dense = MobileVMoE(cfg.dense_twin()).eval()
         data = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
-        bundles = find_or_export_bundles(targets, args.bundles, ckpt, data, not args.quiet)
+        schedule = resolve_schedule(args.schedule, cfg.top_k, QuantOptions())  # the fp32 bundles'
+        bundles = find_or_export_bundles(targets, args.bundles, ckpt, data, not args.quiet, schedule)
         quantized = find_or_export_quantized(targets, args.quantize, args.bundles, ckpt, data, args, not args.quiet)
         for by_target in quantized.values():
             check_bundles_match(by_target, model, source)
@@ -139,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return fail("vmoe-bench", "interrupted; the previous report in --out is untouched")
     print(f"wrote {args.out}/bench.json, README.md and plots ({cfg.name}, E={cfg.num_experts}, k={cfg.top_k}, "
+          f"{report['schedule']} schedule, "
           f"{cfg.image_size} px; inputs: {data.description}; ratios are measured in this one run)")
     for target, r in report["ratios"].items():
         b = report["backends"][target]

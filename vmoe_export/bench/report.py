@@ -87,7 +87,8 @@ def markdown(r: dict) -> str:
     m, f, s = r["machine"], r["flops"], r["settings"]
     mdl = r["model"]
     lines = [
-        f"# vmoe-bench report: {mdl['name']} (E={mdl['num_experts']}, L={mdl['moe_layers']}, k={mdl['top_k']})",
+        f"# vmoe-bench report: {mdl['name']} (E={mdl['num_experts']}, L={mdl['moe_layers']}, k={mdl['top_k']}, "
+        f"{r.get('schedule', 'per-layer')} schedule)",
         "",
         f"Measured {r['created_at']} on {m['cpu']} ({m['logical_cores']} logical cores, {m['os']}), "
         f"{m['threads_requested']} thread(s) per runtime, batch 1, {s['warmup']} warm-up + {s['runs']} timed runs"
@@ -143,17 +144,20 @@ def markdown(r: dict) -> str:
         "",
         "## Expert switch cost",
         "",
-        "Cold = first use of an expert in a process: sha256 check, read, and runtime init of its per-layer graphs "
-        "(files are in the OS page cache, so this is not a cold disk read). Verified once = the same with "
-        "`verify=\"once\"` (`vmoe-predict --verify once`): every artifact was hashed when the bundle opened, so a "
-        "switch is only the runtime's load. Warm = the expert is resident: a cache lookup, then only its compute.",
+        "Cold = first use of an expert in a process: sha256 check, read, and runtime init of its graphs "
+        "(files in the OS page cache). Uncached = the same after evicting the expert's files from the page cache "
+        "(posix_fadvise DONTNEED, no root needed; a disk cache below the OS, e.g. a VM host's, may still serve the "
+        "read). Verified once = page-cached with `verify=\"once\"` (`vmoe-predict --verify once`): every artifact "
+        "was hashed when the bundle opened, so a switch is only the runtime's load. Warm = the expert is resident: a "
+        "cache lookup, then only its compute.",
         "",
-        "| backend | cold load median / p90 ms | cold load, verified once | warm lookup ms | expert compute per image ms | cold / warm compute | expert size |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | cold load median / p90 ms | uncached | verified once | warm lookup ms | expert compute per image ms | cold / warm compute | expert size |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t, b in r["backends"].items():
         sp = b["split"]
-        lines.append(f"| {t} | {_ms(sp['expert_cold_load'])} | {_ms(sp['expert_cold_load_verified_once'])} | "
+        uncached = _ms(sp["expert_cold_load_uncached"]) if sp.get("expert_cold_load_uncached") else "-"
+        lines.append(f"| {t} | {_ms(sp['expert_cold_load'])} | {uncached} | {_ms(sp['expert_cold_load_verified_once'])} | "
                      f"{sp['expert_warm_lookup']['median_ms']:.4f} | "
                      f"{sp['stages']['experts']['median_ms']:.3f} | {r['ratios'][t]['cold_load_over_warm_expert_exec']:.1f} | "
                      f"{sp['expert_bytes'][0] / 1024:.0f} KiB |")
@@ -163,12 +167,13 @@ def markdown(r: dict) -> str:
         "",
         "## Resident memory (separate process per backend, Linux VmRSS)",
         "",
-        "Growth over the process after starting the runtime: after loading the shared graphs; after the first "
-        "image (its routed expert(s) plus the runtime's activation arenas, packed weights and threadpool); after "
-        "loading and running every other expert once too. Per expert = each further expert's growth, measured "
-        "after a warm-up image, over its artifact bytes (median).",
+        "Growth over the process after starting the runtime (each reading after malloc_trim, so heap the allocator "
+        "kept after freeing is not counted): after loading the shared graphs; after the first image; after loading "
+        "and running every other expert once too. The first image's growth is split in two: the shared graphs' "
+        "first run (activation arenas, weights packed on first use) and the routed expert(s). Per expert = each "
+        "further expert's growth after a warm-up image over its artifact bytes (median), once loaded and once run.",
         "",
-        "| backend | shared graphs | + routed expert(s) | + all experts | first-image growth | per expert / its bytes | process peak |",
+        "| backend | shared graphs | + routed expert(s) | + all experts | first image: shared first run + routed experts | per expert / its bytes: loaded, run | process peak |",
         "|---|---|---|---|---|---|---|",
     ]
     for t, b in r["backends"].items():
@@ -177,7 +182,8 @@ def markdown(r: dict) -> str:
             lines.append(f"| {t} | error: {mem['error']} | | | | | |")
         else:
             lines.append(f"| {t} | {mem['shared_graphs_mb']:.2f} MiB | {mem['routed_resident_mb']:.2f} MiB | "
-                         f"{mem['all_experts_mb']:.2f} MiB | {mem['first_image_growth_mb']:.2f} MiB | "
+                         f"{mem['all_experts_mb']:.2f} MiB | {mem['shared_first_run_mb']:.2f} + "
+                         f"{mem['routed_experts_mb']:.2f} MiB | {mem['expert_load_over_bytes']:.2f}x, "
                          f"{mem['expert_marginal_over_bytes']:.2f}x | {mem['peak_rss'] / 2**20:.0f} MiB |")
     lines += ["", "![memory](memory.png)", ""]
     if r.get("quantized"):

@@ -98,7 +98,11 @@ public enum Step: Equatable {
     case route(logits: String, k: Int)
     /// tokens_out, hidden = attention(tokens); tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden).
     case moeLayer(layer: Int, attention: String, experts: [String])
+    /// The fused schedule (k=1): tokens = experts[ids[0]](tokens, gate = [gates[0]]), every MoE layer in one graph.
+    case expertPath(moeLayers: Int, experts: [String])
 }
+
+let scheduleKinds: Set<String> = ["per-layer", "fused"]
 
 struct StepJSON: Decodable {
     let op: String
@@ -111,6 +115,9 @@ struct StepJSON: Decodable {
     let layer: Int?
     let attention: String?
     let experts: [String]?
+    let moeLayers: Int?
+
+    enum CodingKeys: String, CodingKey { case op, graph, role, inputs, outputs, logits, k, layer, attention, experts, moeLayers = "moe_layers" }
 
     func step() throws -> Step {
         switch op {
@@ -123,6 +130,9 @@ struct StepJSON: Decodable {
         case "moe_layer":
             guard let l = layer, let a = attention, let e = experts else { throw ManifestError.invalid("moe_layer step lacks layer/attention/experts") }
             return .moeLayer(layer: l, attention: a, experts: e)
+        case "expert_path":
+            guard let l = moeLayers, let e = experts else { throw ManifestError.invalid("expert_path step lacks moe_layers/experts") }
+            return .expertPath(moeLayers: l, experts: e)
         default:
             throw ManifestError.invalid("unknown schedule step '\(op)': update the app")
         }
@@ -130,6 +140,7 @@ struct StepJSON: Decodable {
 }
 
 struct ScheduleInfo: Decodable {
+    let kind: String
     let steps: [StepJSON]
 }
 
@@ -164,16 +175,18 @@ public struct Manifest: Decodable {
             switch step {
             case .run(let g, _, _, _): return [g]
             case .moeLayer(_, let a, _): return [a]
-            case .route: return []
+            case .route, .expertPath: return []
             }
         }
     }
 
-    /// Expert `expert`'s graphs, one per MoE layer: loaded and evicted as one unit.
+    /// Expert `expert`'s graphs (one per MoE layer, or its one fused path): loaded and evicted as one unit.
     public func expertGraphs(_ expert: Int) -> [String] {
         steps.compactMap { step -> String? in
-            if case .moeLayer(_, _, let experts) = step { return experts[expert] }
-            return nil
+            switch step {
+            case .moeLayer(_, _, let experts), .expertPath(_, let experts): return experts[expert]
+            case .run, .route: return nil
+            }
         }
     }
 
@@ -203,14 +216,17 @@ public struct Manifest: Decodable {
                                   ("top_k", m.model.topK, k), ("num_classes", m.model.numClasses, c.numClasses)] where got != want {
             throw ManifestError.invalid("manifest model.\(name) is \(got) but its config says \(want): the manifest was edited; re-export the bundle")
         }
+        guard scheduleKinds.contains(m.schedule.kind) else {
+            throw ManifestError.invalid("manifest schedule kind '\(m.schedule.kind)' is not one of \(scheduleKinds.sorted()): update the app")
+        }
         m.steps = try m.schedule.steps.map { try $0.step() }
-        try checkSchedule(m.steps, e: e, l: l, k: k)
+        if m.schedule.kind == "fused" { try checkFusedSchedule(m.steps, e: e, l: l, k: k) } else { try checkSchedule(m.steps, e: e, l: l, k: k) }
 
         // Every scheduled graph, with the role, layer, expert and tensors its place in the schedule implies.
         let n = (c.imageSize / c.patchSize) * (c.imageSize / c.patchSize)
         let shapes: [String: [Int]] = ["images": [1, c.inChans, c.imageSize, c.imageSize], "tokens": [1, n, c.embedDim],
                                        "tokens_out": [1, n, c.embedDim], "hidden": [1, n, c.embedDim], "expert_out": [1, n, c.embedDim],
-                                       "router_logits": [1, e], "logits": [1, c.numClasses]]
+                                       "router_logits": [1, e], "logits": [1, c.numClasses], "gate": [1, 1]]
         var expected: [(String, String, Int?, Int?, [String], [String])] = []
         for step in m.steps {
             switch step {
@@ -218,6 +234,8 @@ public struct Manifest: Decodable {
             case .moeLayer(let layer, let a, let experts):
                 expected.append((a, "attention", layer, nil, ["tokens"], ["tokens_out", "hidden"]))
                 for (x, g) in experts.enumerated() { expected.append((g, "expert", layer, x, ["hidden"], ["expert_out"])) }
+            case .expertPath(_, let experts):
+                for (x, g) in experts.enumerated() { expected.append((g, "expert", nil, x, ["tokens", "gate"], ["tokens_out"])) }
             case .route: break
             }
         }
@@ -270,6 +288,16 @@ public struct Manifest: Decodable {
         for i in 0..<l {
             guard case .moeLayer(i, _, let experts) = steps[3 + i], experts.count == e else { throw bad }
         }
+    }
+
+    /// trunk (with the router as its second output), route(k=1), one path per expert, head.
+    static func checkFusedSchedule(_ steps: [Step], e: Int, l: Int, k: Int) throws {
+        let bad = ManifestError.invalid("manifest schedule does not match its model (E=\(e), L=\(l), k=\(k), fused): re-export the bundle")
+        guard k == 1, steps.count == 4,
+              case .run(_, "trunk", ["images"], ["tokens", "router_logits"]) = steps[0],
+              case .route("router_logits", 1) = steps[1],
+              case .expertPath(l, let experts) = steps[2], experts.count == e,
+              case .run(_, "head", ["tokens"], ["logits"]) = steps[3] else { throw bad }
     }
 
     /// Refuse absolute paths, backslashes and '..' segments before touching the file system.

@@ -65,6 +65,8 @@ public final class RoutedModel {
                 let a = try timed("attention") { try shared[attention]!.run([env["tokens"]!]) }
                 let outs = try timed("experts") { try ids.indices.map { j in try routed[j][expertGraphs[ids[j]]]!.run([a[1]])[0] } }
                 env["tokens"] = Routing.combine(a[0], outs, gates)
+            case .expertPath(_, let paths):
+                env["tokens"] = try timed("experts") { try routed[0][paths[ids[0]]]!.run([env["tokens"]!, [gates[0]]])[0] }
             }
         }
         t["total"] = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6

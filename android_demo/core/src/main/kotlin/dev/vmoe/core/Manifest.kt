@@ -27,7 +27,11 @@ sealed class Step {
     data class Route(val logits: String, val k: Int) : Step()
     /** tokens_out, hidden = attention(tokens); tokens = tokens_out + sum_j gates[j] * experts[ids[j]](hidden). */
     data class MoELayer(val layer: Int, val attention: String, val experts: List<String>) : Step()
+    /** The fused schedule (k=1): tokens = experts[ids[0]](tokens, gate = [gates[0]]), every MoE layer in one graph. */
+    data class ExpertPath(val moeLayers: Int, val experts: List<String>) : Step()
 }
+
+val SCHEDULE_KINDS = setOf("per-layer", "fused")
 
 /** The bundle's manifest.json, validated like vmoe_export/manifest.py: strict types and bounds, then every
  *  field that follows from the embedded model config cross-checked against it (E, L, k, the schedule, each
@@ -36,14 +40,15 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
                val classNames: List<String>, val preprocessing: Preprocessing,
                val graphs: Map<String, GraphEntry>, val experts: List<ExpertInfo>, val steps: List<Step>) {
 
-    private val moeSteps get() = steps.filterIsInstance<Step.MoELayer>()
 
     /** Graphs every image runs, loaded up front. */
     val sharedGraphs: List<String>
         get() = steps.flatMap { s -> when (s) { is Step.Run -> listOf(s.graph); is Step.MoELayer -> listOf(s.attention); else -> emptyList() } }
 
-    /** Expert [expert]'s graphs, one per MoE layer: loaded and evicted as one unit. */
-    fun expertGraphs(expert: Int): List<String> = moeSteps.map { it.experts[expert] }
+    /** Expert [expert]'s graphs (one per MoE layer, or its one fused path): loaded and evicted as one unit. */
+    fun expertGraphs(expert: Int): List<String> = steps.flatMap { s ->
+        when (s) { is Step.MoELayer -> listOf(s.experts[expert]); is Step.ExpertPath -> listOf(s.experts[expert]); else -> emptyList() }
+    }
 
     companion object {
         const val SCHEMA = "vmoe-export/bundle"
@@ -84,10 +89,13 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             }
             val shapes = mapOf("images" to listOf(1, chans, size, size), "tokens" to listOf(1, patches, dim),
                 "tokens_out" to listOf(1, patches, dim), "hidden" to listOf(1, patches, dim), "expert_out" to listOf(1, patches, dim),
-                "router_logits" to listOf(1, e), "logits" to listOf(1, classes))
+                "router_logits" to listOf(1, e), "logits" to listOf(1, classes), "gate" to listOf(1, 1))
 
-            val steps = root.obj("schedule", "manifest").arr("steps", "schedule").objects("schedule.steps").map { step(it) }
-            checkSchedule(steps, e, l, k)
+            val schedule = root.obj("schedule", "manifest")
+            val kind = schedule.str("kind", "schedule")
+            if (kind !in SCHEDULE_KINDS) throw ManifestException("manifest schedule kind '$kind' is not one of $SCHEDULE_KINDS: update the app")
+            val steps = schedule.arr("steps", "schedule").objects("schedule.steps").map { step(it) }
+            if (kind == "fused") checkFusedSchedule(steps, e, l, k) else checkSchedule(steps, e, l, k)
             // Every scheduled graph, with the role, layer, expert and tensors its place in the schedule implies.
             val expected = LinkedHashMap<String, Triple<String, Pair<Int?, Int?>, Pair<List<String>, List<String>>>>()
             for (s in steps) when (s) {
@@ -95,6 +103,9 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
                 is Step.MoELayer -> {
                     expected[s.attention] = Triple("attention", Pair(s.layer, null), Pair(listOf("tokens"), listOf("tokens_out", "hidden")))
                     s.experts.forEachIndexed { x, g -> expected[g] = Triple("expert", Pair(s.layer, x), Pair(listOf("hidden"), listOf("expert_out"))) }
+                }
+                is Step.ExpertPath -> s.experts.forEachIndexed { x, g ->
+                    expected[g] = Triple("expert", Pair(null, x), Pair(listOf("tokens", "gate"), listOf("tokens_out")))
                 }
                 is Step.Route -> {}
             }
@@ -152,6 +163,7 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             "route" -> Step.Route(s.str("logits", "step"), s.int("k", "step", 1, 256))
             "moe_layer" -> Step.MoELayer(s.int("layer", "step", 0, 64), s.str("attention", "step"),
                 s.arr("experts", "step").strings("experts"))
+            "expert_path" -> Step.ExpertPath(s.int("moe_layers", "step", 1, 64), s.arr("experts", "step").strings("experts"))
             else -> throw ManifestException("unknown schedule step '$op': update the app")
         }
 
@@ -168,6 +180,20 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             val moe = steps.subList(3, 3 + l)
             if (moe.withIndex().any { (i, s) -> s !is Step.MoELayer || s.layer != i || s.experts.size != e }) throw bad
             val names = listOf(trunk.graph, router.graph, head.graph) + moe.flatMap { (it as Step.MoELayer).let { m -> listOf(m.attention) + m.experts } }
+            if (names.toSet().size != names.size) throw ManifestException("manifest schedule names one graph twice: re-export the bundle")
+        }
+
+        /** trunk (with the router as its second output), route(k=1), one path per expert, head. */
+        private fun checkFusedSchedule(steps: List<Step>, e: Int, l: Int, k: Int) {
+            val bad = ManifestException("manifest schedule does not match its model (E=$e, L=$l, k=$k, fused): re-export the bundle")
+            if (steps.size != 4 || k != 1) throw bad
+            val (trunk, route, path) = Triple(steps[0], steps[1], steps[2])
+            val head = steps[3]
+            if (trunk !is Step.Run || trunk.role != "trunk" || trunk.inputs != listOf("images") || trunk.outputs != listOf("tokens", "router_logits")) throw bad
+            if (route !is Step.Route || route.k != 1 || route.logits != "router_logits") throw bad
+            if (path !is Step.ExpertPath || path.moeLayers != l || path.experts.size != e) throw bad
+            if (head !is Step.Run || head.role != "head" || head.inputs != listOf("tokens") || head.outputs != listOf("logits")) throw bad
+            val names = listOf(trunk.graph, head.graph) + path.experts
             if (names.toSet().size != names.size) throw ManifestException("manifest schedule names one graph twice: re-export the bundle")
         }
 

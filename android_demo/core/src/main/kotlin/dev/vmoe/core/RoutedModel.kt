@@ -14,7 +14,8 @@ data class Result(val classId: Int, val logits: FloatArray, val experts: IntArra
                   val stageMillis: Map<String, Double>)
 
 /** Executes the manifest's schedule: shared graphs loaded up front, only the routed experts
- *  loaded (lazily, LRU-cached), mixed by their gates in every MoE layer. */
+ *  loaded (lazily, LRU-cached), mixed by their gates in every MoE layer (per-layer schedule) or run
+ *  as one path with its gate (fused schedule, k=1). */
 class RoutedModel(val bundle: Bundle, private val loader: GraphLoader,
                   maxExperts: Int? = null, maxBytes: Long? = null) {
     val manifest = bundle.manifest
@@ -62,6 +63,9 @@ class RoutedModel(val bundle: Bundle, private val loader: GraphLoader,
                     .let { it[0] to it[1] }
                 val outs = timed("experts") { ids.indices.map { j -> routed[j].getValue(step.experts[ids[j]]).run(listOf(hidden))[0] } }
                 env["tokens"] = Routing.combine(attnOut, outs, gates)
+            }
+            is Step.ExpertPath -> env["tokens"] = timed("experts") {
+                routed[0].getValue(step.experts[ids[0]]).run(listOf(env.getValue("tokens"), floatArrayOf(gates[0])))[0]
             }
         }
         t["total"] = (System.nanoTime() - start) / 1e6

@@ -4,6 +4,7 @@ import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
 import org.junit.Assert.fail
+import org.junit.Assume.assumeTrue
 import org.json.JSONObject
 import org.junit.Test
 import java.io.File
@@ -152,6 +153,43 @@ class CoreTest {
         assertEquals(ids.toList(), model.experts.loaded)
         assertEquals(manifest.sharedGraphs.first(), calls.first())
         assertEquals(manifest.moeLayers * manifest.topK, calls.count { it in expertOf })
+    }
+
+    /** A fused (k=1) bundle of the same model (-Dvmoe.fusedBundle): its schedule parses and checks, only the
+     *  routed path loads, it gets the tokens and the gate, and an edited k is refused. */
+    @Test fun fusedBundleRunsOnePathWithItsGate() {
+        val fusedDir = System.getProperty("vmoe.fusedBundle") ?: ""
+        assumeTrue("no fused bundle given (run_tests.sh BUNDLE FUSED_BUNDLE)", fusedDir.isNotEmpty())
+        val dir = File(fusedDir)
+        val fused = Bundle(dir).manifest
+        assertEquals(manifest.numExperts, fused.numExperts)
+        val routerLogits = FloatArray(fused.numExperts) { if (it == 2) 3f else 0f }
+        val calls = ArrayList<String>()
+        val model = RoutedModel(Bundle(dir), { g, _ ->
+            object : GraphRunner {
+                override fun run(inputs: List<FloatArray>): List<FloatArray> {
+                    calls.add(g.name)
+                    val x = inputs[0]
+                    return when (g.role) {
+                        "trunk" -> listOf(FloatArray(x.size) { x[it] + 1f }, routerLogits)
+                        "expert" -> listOf(FloatArray(x.size) { x[it] + inputs[1][0] * (g.expert!! + 1) })
+                        else -> listOf(x)
+                    }
+                }
+            }
+        })
+        calls.clear()
+        val result = model.classify(floatArrayOf(1f))
+        val (_, gates) = Routing.selectExperts(routerLogits, 1)
+        assertArrayEquals(intArrayOf(2), result.experts)
+        assertEquals(2f + gates[0] * 3, result.logits[0], 1e-5f)
+        assertEquals(listOf(fused.sharedGraphs.first(), fused.expertGraphs(2).single(), fused.sharedGraphs.last()), calls)
+        assertEquals(listOf(2), model.experts.loaded)
+        val text = File(dir, "manifest.json").readText()
+        expectManifestError("does not match its model") {
+            Manifest.parse(JSONObject(text).also { it.getJSONObject("schedule").getJSONArray("steps").getJSONObject(1).put("k", 2) }.toString())
+        }
+        expectManifestError("kind") { Manifest.parse(JSONObject(text).also { it.getJSONObject("schedule").put("kind", "grouped") }.toString()) }
     }
 
     @Test fun scheduleThatDisagreesWithTheModelIsRejected() {

@@ -1,0 +1,149 @@
+"""The fused k=1 schedule: one graph per expert through every MoE layer. Exact against the model and the
+per-layer schedule, refused where it would not be exact, and checked in the manifest like the per-layer one."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_test_set, tiny_config
+from vmoe_export.bundle import BundleError, read_manifest
+from vmoe_export.checkpoint import Checkpoint
+from vmoe_export.errors import ConfigError
+from vmoe_export.export import ExportOptions, export_bundle, resolve_schedule
+from vmoe_export.model import MobileVMoE
+from vmoe_export.quantize import QuantOptions
+from vmoe_export.runtime import BundleRuntime
+from vmoe_export.schedule import Schedule, ScheduleError, execute
+from vmoe_export.split import run_split, split_model
+
+
+def test_fused_schedule_round_trips_and_counts():
+    s = Schedule.fused(4, 2)
+    assert Schedule.from_json(json.loads(json.dumps(s.to_json()))) == s
+    assert s.kind == "fused" and s.top_k == 1 and s.num_experts == 4
+    assert [g.name for g in s.graphs()] == ["trunk", "e0_path", "e1_path", "e2_path", "e3_path", "head"]
+    assert s.shared_graphs == ["trunk", "head"] and s.expert_graphs(2) == ["e2_path"]
+    per_graph = {g.name: 1 for g in s.graphs()}
+    assert s.active(per_graph) == 3 and s.total(per_graph) == 6
+
+
+def test_fused_schedule_is_refused_for_k_above_one():
+    with pytest.raises(ScheduleError, match="exact only for top_k=1"):
+        Schedule.of_kind("fused", 4, 2, 2)
+    steps = Schedule.fused(4, 2).to_json()
+    steps[1]["k"] = 2
+    with pytest.raises(ScheduleError, match="needs k=1"):
+        Schedule.from_json(steps)
+
+
+def test_execute_runs_one_path_with_the_gate():
+    calls = []
+
+    def run(name, *xs):
+        calls.append(name)
+        if name == "trunk":
+            return xs[0] + 1, np.array([0.0, 3.0])
+        if name == "head":
+            return (xs[0] * 10,)
+        tokens, gate = xs
+        assert gate.shape == (1, 1)
+        return (tokens + gate[0, 0] * (1 + int(name[1])),)
+
+    out = execute(Schedule.fused(2, 2), run, lambda logits: ([1], np.array([0.25], np.float32)), np.array(1.0))
+    assert calls == ["trunk", "e1_path", "head"]
+    assert out == pytest.approx((2.0 + 0.25 * 2) * 10)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fused_split_equals_the_model_and_the_per_layer_split(seed):
+    torch.manual_seed(seed)
+    model = MobileVMoE(tiny_config(top_k=1)).eval()
+    images = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        logits, router_logits = model(images)
+    fused, per_layer = model.schedule_of("fused"), model.schedule_of("per-layer")
+    traces, ref = [], []
+    out = run_split(split_model(model, fused), fused, images, traces)
+    run_split(split_model(model, per_layer), per_layer, images, ref)
+    torch.testing.assert_close(out, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([t["router_logits"] for t in traces]), router_logits)
+    for t, r in zip(traces, ref):
+        assert t["experts"] == r["experts"]
+        torch.testing.assert_close(t["moe1_out"], r["moe1_out"], atol=1e-5, rtol=1e-5)  # the last MoE layer's tokens
+
+
+def test_resolve_schedule_rules():
+    fp32, int8 = QuantOptions(), QuantOptions("dynamic-int8")
+    assert resolve_schedule("auto", 1, fp32) == "fused"
+    assert resolve_schedule("auto", 2, fp32) == "per-layer"
+    assert resolve_schedule("auto", 1, int8) == "per-layer"
+    with pytest.raises(ConfigError, match="top_k=1"):
+        resolve_schedule("fused", 2, fp32)
+    with pytest.raises(ConfigError, match="fp32 only"):
+        resolve_schedule("fused", 1, int8)
+
+
+@pytest.fixture(scope="module")
+def fused_bundles(tmp_path_factory):
+    """The tiny k=1 model exported to ONNX with both schedules (ONNX: the fastest real converter)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(top_k=1)
+    ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(6)], [0, 0, 1, 1, 2, 2])
+    images, labels = synthetic_test_set()
+    out = {}
+    for kind in ("fused", "per-layer"):
+        root = tmp_path_factory.mktemp(kind)
+        out[kind] = export_bundle(ckpt, "onnx", root, images, labels,
+                                  ExportOptions(parity_images=40, progress=False, schedule=kind), log=lambda s: None)
+    return out, images, ckpt
+
+
+def test_fused_bundle_passes_parity_and_matches_the_per_layer_bundle(fused_bundles):
+    bundles, images, ckpt = fused_bundles
+    (fused, report), (per_layer, _) = bundles["fused"], bundles["per-layer"]
+    m = read_manifest(fused)
+    assert m["schedule"]["kind"] == "fused" and report["status"] == "pass"
+    assert report["logits_max_abs_diff"] <= 1e-4 and report["routing_agreement"] == 1.0
+    assert sorted(m["graphs"]) == ["e0_path", "e1_path", "e2_path", "head", "trunk"]
+    assert m["experts"][1]["graphs"] == ["e1_path"] and m["graphs"]["e1_path"]["path"] == "experts/e1/path.onnx"
+    assert "moe1_out" in report["stage_max_abs_diff"]
+    golden = json.loads((fused / "golden" / "golden.json").read_text())
+    assert golden["combine"] is None and golden["cases"]
+    a, b = BundleRuntime(fused), BundleRuntime(per_layer)
+    x = preprocess_for(ckpt, images[:12])
+    for i in range(len(x)):
+        pa, pb = a.predict(x[i : i + 1]), b.predict(x[i : i + 1])
+        assert pa.experts == pb.experts
+        np.testing.assert_allclose(pa.logits, pb.logits, atol=1e-5)
+    one = BundleRuntime(fused)
+    pred = one.predict(x[:1])
+    assert one.experts.loaded == pred.experts  # k=1: one path loaded, the one the image was routed to
+
+
+def preprocess_for(ckpt, images_u8):
+    from vmoe_export.data import preprocess
+
+    return preprocess(images_u8, ckpt.config).numpy()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["schedule"].update(kind="per-layer"),  # a fused step list claimed as per-layer
+    lambda m: m["schedule"]["steps"][2]["experts"].reverse(),  # expert ids no longer name their paths
+    lambda m: m["schedule"]["steps"][1].update(k=2),
+    lambda m: m["model"].update(top_k=2),
+])
+def test_edited_fused_schedule_is_refused(fused_bundles, tmp_path, edit):
+    from vmoe_export.bundle import DIGEST, manifest_digest
+
+    bundle = tmp_path / "b"
+    shutil.copytree(fused_bundles[0]["fused"][0], bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    raw = (json.dumps(manifest, indent=1) + "\n").encode()
+    (bundle / "manifest.json").write_bytes(raw)
+    (bundle / DIGEST).write_text(manifest_digest(raw) + "\n")
+    with pytest.raises(BundleError, match="schedule|but its config says"):
+        BundleRuntime(bundle)
