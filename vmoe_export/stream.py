@@ -135,14 +135,29 @@ def train_batches(split: FileSplit, batch_size: int, seed: int, epoch: int, worl
     sampler.set_epoch(epoch)
     return DataLoader(ImageFiles(split, train=augment, seed=seed, epoch=epoch), batch_size=batch_size, sampler=sampler,
                       num_workers=split.workers, drop_last=True, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+                      persistent_workers=False, **worker_start(split.workers))
 
 
 def eval_batches(split: FileSplit, batch_size: int):
     """The split in order, resized and centre-cropped as the runtimes do: (uint8 images, labels, read flags)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(ImageFiles(split, train=False), batch_size=batch_size, shuffle=False, num_workers=split.workers)
+    return DataLoader(ImageFiles(split, train=False), batch_size=batch_size, shuffle=False, num_workers=split.workers,
+                      **worker_start(split.workers))
+
+
+def worker_start(workers: int) -> dict:
+    """DataLoader workers start from a fork server (this module preloaded), not as forks of this process. A fork
+    copies every native runtime the process holds: in CI a worker forked after the tests had used ONNX Runtime
+    hung for good when the garbage collector freed the copy of a session, whose destructor waited on a condition
+    variable of a thread that exists only in the parent."""
+    import multiprocessing
+
+    if not workers or "forkserver" not in multiprocessing.get_all_start_methods():
+        return {}
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return {"multiprocessing_context": context}
 
 
 def decoded_bytes(n_images: int, image_size: int, in_chans: int) -> int:
