@@ -43,23 +43,32 @@ def tiny_checkpoint(tmp_path):
     return path
 
 
-@pytest.fixture(scope="session")
-def image_folder(tmp_path_factory):
-    """A small 3-class ImageFolder of 8x8 PNGs whose classes differ in brightness pattern."""
+def write_image_folder(root: Path, per_split: dict[str, int], draw, suffix=lambda i: "png") -> Path:
+    """root/<split>/<a|b|c>/<i>.<suffix(i)>, per_split[split] images per class; draw(rng, class index) -> uint8 array."""
     import numpy as np
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("imgfolder")
     rng = np.random.default_rng(0)
-    for split, n in (("train", 60), ("test", 5)):
+    for split, n in per_split.items():
         for c, name in enumerate("abc"):
             d = root / split / name
             d.mkdir(parents=True)
             for i in range(n):
-                img = rng.integers(0, 60, (8, 8)).astype(np.uint8)
-                img[:, c * 3 : c * 3 + 2] += 180
-                Image.fromarray(img).save(d / f"{i}.png")
+                Image.fromarray(draw(rng, c)).save(d / f"{i}.{suffix(i)}")
     return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """A small 3-class ImageFolder of 8x8 PNGs whose classes differ in brightness pattern."""
+    import numpy as np
+
+    def draw(rng, c):
+        img = rng.integers(0, 60, (8, 8)).astype(np.uint8)
+        img[:, c * 3 : c * 3 + 2] += 180
+        return img
+
+    return write_image_folder(tmp_path_factory.mktemp("imgfolder"), {"train": 60, "test": 5}, draw)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import tiny_config, write_image_folder
 from vmoe_export.data import DataError
 from vmoe_export.stream import FileSplit, ImageFiles, load_dataset, train_batches
 from vmoe_export.train import TrainConfig, epoch_batches
@@ -20,19 +20,14 @@ from vmoe_export.train import TrainConfig, epoch_batches
 @pytest.fixture(scope="module")
 def rgb_folder(tmp_path_factory):
     """3 classes of 20x24 RGB JPEGs and PNGs (larger than the 8 px model input, so crops are real crops)."""
-    from PIL import Image
 
-    root = tmp_path_factory.mktemp("rgb")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 4)):
-        for c, name in enumerate("abc"):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 80, (20, 24, 3)).astype(np.uint8)
-                img[:, :, c] += 150
-                Image.fromarray(img).save(d / f"{i}.{'jpg' if i % 2 else 'png'}")
-    return root
+    def draw(rng, c):
+        img = rng.integers(0, 80, (20, 24, 3)).astype(np.uint8)
+        img[:, :, c] += 150
+        return img
+
+    return write_image_folder(tmp_path_factory.mktemp("rgb"), {"train": 24, "test": 4}, draw,
+                              suffix=lambda i: "jpg" if i % 2 else "png")
 
 
 def _load(root):

@@ -198,13 +198,10 @@ def check(m: Manifest, suffix: str, runtime_unavailable: str | None, require_par
                                 "the manifest was edited; re-export the bundle")
     try:
         schedule = Schedule.from_json(m.schedule.steps)
-    except ScheduleError as e:
-        raise ManifestError(f"manifest schedule: {e}") from None
-    # Compared as stored (prose rules included): a bundle runs exactly the schedule of its kind its model defines.
-    try:
         want = Schedule.of_kind(m.schedule.kind, cfg.num_experts, cfg.moe_layers, cfg.top_k)
     except ScheduleError as e:
         raise ManifestError(f"manifest schedule: {e}") from None
+    # Compared as stored (prose rules included): a bundle runs exactly the schedule of its kind its model defines.
     if m.schedule.steps != want.to_json():
         raise ManifestError(f"manifest schedule does not match its model (E={cfg.num_experts}, L={cfg.moe_layers}, "
                             f"k={cfg.top_k}, {m.schedule.kind} schedule); re-export the bundle")

@@ -392,11 +392,9 @@ class MobileVMoE(nn.Module):
         if spec.role == "router":
             return self.router
         if spec.role == "attention":
-            blk = self.moe_blocks[spec.layer]
-            return GraphView(MoEBlock.attend, norm1=blk.norm1, attn=blk.attn, norm2=blk.norm2)
+            return _attention_view(self.moe_blocks[spec.layer])
         if spec.role == "expert" and spec.layer is None:
-            attend = nn.ModuleList(GraphView(MoEBlock.attend, norm1=b.norm1, attn=b.attn, norm2=b.norm2)
-                                   for b in self.moe_blocks)
+            attend = nn.ModuleList(_attention_view(b) for b in self.moe_blocks)
             mlps = nn.ModuleList(b.experts[spec.expert] for b in self.moe_blocks)
             return GraphView(MobileVMoE.expert_path, attend=attend, mlps=mlps)
         if spec.role == "expert":
@@ -404,6 +402,11 @@ class MobileVMoE(nn.Module):
         if spec.role == "head":
             return GraphView(MobileVMoE.classify, norm=self.norm, head=self.head)
         raise KeyError(f"unknown graph role {spec.role!r}")
+
+
+def _attention_view(blk: MoEBlock) -> GraphView:
+    """An MoE layer's shared part: its attention graph, and the first half of every fused expert path."""
+    return GraphView(MoEBlock.attend, norm1=blk.norm1, attn=blk.attn, norm2=blk.norm2)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..clitools import (add_data_dir_argument, add_model_arguments, add_schedule_argument, fail, interrupt_on_sigterm, quiet_converters,
-                        resolve_model, user_errors)
+from ..clitools import (add_data_dir_argument, add_model_arguments, add_schedule_argument, fail, interrupt_on_sigterm,
+                        quiet_converters, resolve_model, user_errors)
 
 
 def parser() -> argparse.ArgumentParser:
