@@ -27,5 +27,5 @@ command -v "$python" >/dev/null 2>&1 || python=python3
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # torch is pinned to 2.13.0: this machine's pip finds its CPU wheel locally. Elsewhere, install the
 # CPU build of torch 2.13.0 first, or a bare resolve pulls the CUDA build (several GB).
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[export,test]'
 .venv/bin/pip check

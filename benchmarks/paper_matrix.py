@@ -52,7 +52,7 @@ def run(variants: list[str], ks: list[int], threads: list[int], settings, work: 
         for k, schedule in [(k, sch) for k in ks for sch in (("per-layer", "fused") if k == 1 else ("per-layer",))]:
             cfg = replace(base, top_k=k)
             ckpt = random_checkpoint(cfg, seed=0)
-            options = ExportOptions(parity_images=16, golden_images=0, progress=False, artifact_cache=cache,
+            options = ExportOptions(parity_images=16, golden_images=1, progress=False, artifact_cache=cache,
                                     schedule=schedule, eval_data={"kind": "synthetic", "description": SYNTHETIC_NOTE})
             t0 = time.time()
             bundles = {t: export_bundle(ckpt, t, work / f"{cfg.name}-k{k}-{schedule}", images.images, images.labels,

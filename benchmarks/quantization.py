@@ -35,7 +35,8 @@ def record_only():
     """Parity bounds that reject nothing, so every row is measured and recorded."""
     from vmoe_export.parity import ParityBounds
 
-    return ParityBounds(max_logit_diff=None, min_top1_agreement=None, min_routing_agreement=0.0, max_accuracy_drop=None)
+    return ParityBounds(max_logit_diff=None, min_top1_agreement=None, min_routing_agreement=0.0, max_accuracy_drop=None,
+                        min_snr_db=None)
 
 
 def export(ckpt, target, out, test, quant, options, calibration):
@@ -105,7 +106,7 @@ def toy(work: Path, parity_images: int, ablation_images: int, settings, progress
     test = data.split
     calib, _ = calibration_split(None, "fashion-mnist", cfg.image_size, cfg.in_chans, QuantOptions().calibration_images)
     images = [preprocess(test.images[i : i + 1], cfg).numpy() for i in range(64)]
-    base = ExportOptions(parity_images=parity_images, bounds=record_only(), golden_images=0, progress=False,
+    base = ExportOptions(parity_images=parity_images, bounds=record_only(), golden_images=1, progress=False,
                          eval_data={"kind": data.kind, "description": data.description})
     rows, ablations = [], []
     for t in runtime_targets():
@@ -148,7 +149,7 @@ def paper(work: Path, settings, progress, config: str) -> dict:
     test = synthetic_split(cfg.image_size, cfg.in_chans, n=32, seed=0)
     calib = synthetic_split(cfg.image_size, cfg.in_chans, n=32, seed=1)
     images = [preprocess(test.images[i : i + 1], cfg).numpy() for i in range(16)]
-    base = ExportOptions(parity_images=16, bounds=record_only(), golden_images=0, progress=False,
+    base = ExportOptions(parity_images=16, bounds=record_only(), golden_images=1, progress=False,
                          eval_data={"kind": "synthetic", "description": SYNTHETIC_NOTE})
     rows = []
     for t in runtime_targets():

@@ -72,4 +72,4 @@ def test_kotlin_core_junit_against_golden_vectors(shipped_bundle, tmp_path):
     r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(bundle), str(fused)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "OK (17 tests)" in r.stdout
+    assert "OK (18 tests)" in r.stdout

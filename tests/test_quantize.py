@@ -36,9 +36,12 @@ def _ckpt(seed=0):
 
 
 def _options(mode, **kw):
-    # A random tiny model has near-tied router logits; routing flips say nothing about the flows here.
+    # A random tiny model has near-tied router logits; routing flips say nothing about the flows here. Its static
+    # int8 calibrates on 32 random images: LiteRT's static recipe reaches 8 dB on it (15 dB on the trained model),
+    # so the static floor here only asks that the numbers are not noise.
     return ExportOptions(parity_images=40, progress=False, quant=QuantOptions(mode, calibration_images=32, min_samples=4),
-                         bounds=ParityBounds.quantized(max_accuracy_drop=1.0, min_routing_agreement=0.0), **kw)
+                         bounds=ParityBounds.quantized(mode, max_accuracy_drop=1.0, min_routing_agreement=0.0,
+                                                       min_snr_db=5.0 if mode == "static-int8" else None), **kw)
 
 
 @pytest.mark.parametrize("target,mode", COMBOS, ids=[f"{t}-{m}" for t, m in COMBOS])
@@ -77,8 +80,8 @@ def test_int8_files_are_smaller(tmp_path):
     ckpt = _ckpt()
     images, labels = synthetic_test_set()
     fp32, _ = export_bundle(ckpt, "onnx", tmp_path / "fp32", images, labels,
-                            ExportOptions(parity_images=8, progress=False, golden_images=0), log=lambda s: None)
-    q, _ = export_bundle(ckpt, "onnx", tmp_path / "q", images, labels, _options("dynamic-int8", golden_images=0),
+                            ExportOptions(parity_images=8, progress=False, golden_images=1), log=lambda s: None)
+    q, _ = export_bundle(ckpt, "onnx", tmp_path / "q", images, labels, _options("dynamic-int8", golden_images=1),
                          log=lambda s: None)
     assert bundle_bytes(read_manifest(q)) < bundle_bytes(read_manifest(fp32))
 
@@ -144,8 +147,8 @@ def test_snr():
 def test_broken_accuracy_bound_keeps_rejected_bundle_and_publishes_nothing(tmp_path):
     ckpt = _ckpt()
     images, labels = synthetic_test_set()
-    options = ExportOptions(parity_images=40, progress=False, golden_images=0, quant=QuantOptions("dynamic-int8"),
-                            bounds=ParityBounds.quantized(max_accuracy_drop=-1.0, min_routing_agreement=0.0))
+    options = ExportOptions(parity_images=40, progress=False, golden_images=1, quant=QuantOptions("dynamic-int8"),
+                            bounds=ParityBounds.quantized("dynamic-int8", max_accuracy_drop=-1.0, min_routing_agreement=0.0))
     with pytest.raises(ParityError, match="accuracy drops"):
         export_bundle(ckpt, "onnx", tmp_path, images, labels, options, log=lambda s: None)
     assert reject_path(tmp_path, "onnx").is_dir() and not (tmp_path / "onnx").exists()
@@ -175,7 +178,7 @@ def test_palettize_with_quantize_is_refused():
 def test_edited_graph_quantization_is_refused(tmp_path):
     ckpt = _ckpt()
     images, labels = synthetic_test_set()
-    path, _ = export_bundle(ckpt, "onnx", tmp_path, images, labels, _options("dynamic-int8", golden_images=0),
+    path, _ = export_bundle(ckpt, "onnx", tmp_path, images, labels, _options("dynamic-int8", golden_images=1),
                             log=lambda s: None)
     m = json.loads((path / "manifest.json").read_text())
     m["graphs"]["router"]["quantization"]["mode"] = "dynamic-int8"
@@ -201,4 +204,4 @@ def test_kotlin_core_runs_a_quantized_bundle_exactly(tmp_path):
     r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(path)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "OK (17 tests)" in r.stdout  # the fused-schedule test is skipped: no fused bundle given here
+    assert "OK (18 tests)" in r.stdout  # the fused-schedule tests are skipped: no fused bundle given here

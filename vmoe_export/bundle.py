@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from . import manifest as schema
+from .manifest import GOLDEN  # noqa: F401 (re-exported)
 from .backends import REGISTRY, describe
 from .errors import BundleError
 from .schedule import Schedule
@@ -19,8 +20,11 @@ SCHEMA = "vmoe-export/bundle"
 # 2: the schedule is stored as data (schedule.steps) and runtimes execute it; the manifest is
 # validated against a strict schema and cross-checked against its model config; manifest.sha256.
 # 1: prose schedule steps.
-SCHEMA_VERSION = 2
+# 3: golden vectors are required, pinned by golden_sha256, and carry per-stage self-test tolerances;
+# the parity report records the machine it ran on.
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
+MAX_GOLDEN_BYTES = 256 << 20
 DIGEST = "manifest.sha256"  # sha256 of the exact manifest.json bytes, written by export
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -112,6 +116,11 @@ def read_manifest(bundle_dir: Path, expect_digest: str | None = None, require_pa
     for entry in manifest["graphs"].values():
         safe_join(bundle_dir, entry["path"])
     return manifest
+
+
+def golden_path(bundle_dir: Path, manifest: dict) -> Path | None:
+    """Where a bundle's golden vectors are (inside the bundle), or None when the manifest names none."""
+    return None if manifest.get("golden") is None else safe_join(bundle_dir, manifest["golden"])
 
 
 def manifest_schedule(manifest: dict) -> Schedule:

@@ -8,9 +8,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, add_schedule_argument, fail,
+from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, build_side_missing, add_model_arguments, add_schedule_argument, fail,
                        interrupt_on_sigterm, quiet_converters, resolve_model, user_errors)
-from .model import list_configs
+from .config import list_configs
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    if (code := build_side_missing("vmoe-train")) is not None:
+        return code
     args = train_parser().parse_args(argv)
     quiet_converters()
     interrupt_on_sigterm()
@@ -115,18 +117,19 @@ def train_main(argv: list[str] | None = None) -> int:
 def export_parser() -> argparse.ArgumentParser:
     from .backends import TARGETS, all_backends
     from .export import ExportOptions
-    from .parity import ParityBounds
+    from .parity import MIN_SNR_DB, ParityBounds
 
     from .export import FP32_PARITY_IMAGES, QUANTIZED_PARITY_IMAGES
     from .quantize import CALIBRATION, MODES, ROUTER_PRECISION, QuantOptions
 
-    b, qb, o, q = ParityBounds(), ParityBounds.quantized(), ExportOptions(), QuantOptions()
+    b, qb, o, q = ParityBounds(), ParityBounds.quantized("dynamic-int8"), ExportOptions(), QuantOptions()
     p = argparse.ArgumentParser(
         prog="vmoe-export",
         description="Split a Mobile V-MoE checkpoint into trunk, router, shared-attention, per-expert and head graphs, "
         "export them with the real converter for each target into OUT/<target>/ with a manifest.json, and validate "
         "the bundle against PyTorch on held-out test images (parity report). To run a bundle: "
-        "`vmoe-export run --bundle DIR IMAGE...` (see `vmoe-export run --help`).",
+        "`vmoe-export run --bundle DIR IMAGE...` (see `vmoe-export run --help`); to check a bundle on the machine that "
+        "will run it: `vmoe-export verify --bundle DIR` (see `vmoe-export verify --help`).",
     )
     p.add_argument("--target", required=True, choices=[*TARGETS, "all"], help="backend to export to, or all four")
     add_model_arguments(p)
@@ -139,6 +142,9 @@ def export_parser() -> argparse.ArgumentParser:
                    help=f"fp32 parity bound on logits max abs diff (default {b.max_logit_diff}; not applied when quantized)")
     p.add_argument("--min-top1-agreement", type=float, default=b.min_top1_agreement,
                    help=f"fp32 parity bound on top-1 agreement (default {b.min_top1_agreement}; not applied when quantized)")
+    p.add_argument("--min-snr-db", type=float, default=None,
+                   help="parity bound on every stage's signal-to-noise ratio against fp32 PyTorch, in dB (default per "
+                   "mode: " + ", ".join(f"{m} {v:g}" for m, v in MIN_SNR_DB.items()) + ")")
     p.add_argument("--min-routing-agreement", type=float, default=None,
                    help=f"parity bound on routing agreement (default {b.min_routing_agreement}; {qb.min_routing_agreement} "
                    "when quantized)")
@@ -166,7 +172,7 @@ def export_parser() -> argparse.ArgumentParser:
         if backend.add_arguments:
             backend.add_arguments(p.add_argument_group(f"{backend.name} options"))
     add_schedule_argument(p)
-    p.add_argument("--golden-images", type=int, default=o.golden_images, help=f"test images written as golden vectors for the apps (default {o.golden_images})")
+    p.add_argument("--golden-images", type=int, default=o.golden_images, help=f"test images written as golden vectors (the apps' exact checks and every runtime's self-test; at least 1; default {o.golden_images})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -175,6 +181,10 @@ def export_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
         return predict_main(argv[1:], prog="vmoe-export run")
+    if argv[:1] == ["verify"]:
+        return verify_main(argv[1:])
+    if (code := build_side_missing("vmoe-export")) is not None:
+        return code
     args = export_parser().parse_args(argv)
     quiet_converters()
     interrupt_on_sigterm()
@@ -203,8 +213,10 @@ def export_main(argv: list[str] | None = None) -> int:
                 continue
             bk.check_quantization(quant.mode, bk.make_options(backend_options.get(bk.name)))
         # Each mode has its own bounds; --min-routing-agreement, when given, overrides either default.
-        bounds = (ParityBounds.quantized(max_accuracy_drop=args.max_accuracy_drop / 100) if quant.quantized else
-                  ParityBounds(max_logit_diff=args.max_logit_diff, min_top1_agreement=args.min_top1_agreement))
+        bounds = (ParityBounds.quantized(quant.mode, max_accuracy_drop=args.max_accuracy_drop / 100) if quant.quantized
+                  else ParityBounds(max_logit_diff=args.max_logit_diff, min_top1_agreement=args.min_top1_agreement))
+        if args.min_snr_db is not None:
+            bounds = replace(bounds, min_snr_db=args.min_snr_db)
         if args.min_routing_agreement is not None:
             bounds = replace(bounds, min_routing_agreement=args.min_routing_agreement)
         check_output_dir(args.output)
@@ -282,6 +294,9 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
     p.add_argument("--expect-digest", default=None, metavar="HEX",
                    help="refuse the bundle unless the sha256 of its manifest.json is HEX (the digest vmoe-export "
                    "printed; also in BUNDLE/manifest.sha256)")
+    p.add_argument("--no-self-test", action="store_true",
+                   help="skip the self-test at open (the bundle's golden vectors run on this machine and must match "
+                   "within the tolerances recorded at export); on by default")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     return p
 
@@ -297,7 +312,7 @@ def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> i
 
     try:
         rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, RunOptions(threads=args.threads),
-                           expect_digest=args.expect_digest, verify=args.verify)
+                           expect_digest=args.expect_digest, verify=args.verify, self_test=not args.no_self_test)
         m = rt.manifest
         for path in args.images:
             pred = rt.predict(preprocess_image(path, m))
@@ -310,6 +325,72 @@ def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> i
                 stages = " ".join(f"{k}={v:.2f}" for k, v in pred.timings_ms.items())
                 routed = "; ".join(f"expert {e} (gate {g:.2f}: {s})" for e, g, s in zip(pred.experts, pred.gates, sc))
                 print(f"{path}: {name} | routed to {routed} | ms: {stages}")
+    except user_errors() as e:
+        return fail(prog, str(e))
+    except KeyboardInterrupt:
+        return fail(prog, "interrupted")
+    return 0
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    from .backends import MAX_THREADS
+
+    p = argparse.ArgumentParser(
+        prog="vmoe-export verify",
+        description="Check a bundle on the machine that will run it: every integrity check (manifest schema and "
+        "cross-checks, checksums, pinned digest), then its golden vectors from raw pixels through the manifest's "
+        "preprocessing and the real runtime, every stage compared with fp32 PyTorch within the tolerances the export "
+        "recorded for this bundle. Prints per stage max diff and SNR, top-1 and routing agreement; exit 0 when within "
+        "tolerance, 2 with one error line when not. Needs no PyTorch.",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory written by vmoe-export (e.g. bundles/onnx)")
+    p.add_argument("--expect-digest", default=None, metavar="HEX",
+                   help="refuse the bundle unless the sha256 of its manifest.json is HEX (BUNDLE/manifest.sha256 as exported)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="also run your own images: DIR/*.png|jpg... (predictions reported) or DIR/<class name>/* "
+                   "(accuracy reported); with --reference, agreement with that bundle")
+    p.add_argument("--reference", type=Path, default=None, metavar="BUNDLE",
+                   help="with --images: an fp32 bundle of the same model to report top-1 and routing agreement against")
+    p.add_argument("--threads", type=int, default=0, help=f"runtime threads, 1 to {MAX_THREADS} (default 0: the runtime's own)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    return p
+
+
+def verify_main(argv: list[str] | None = None) -> int:
+    args = verify_parser().parse_args(argv)
+    quiet_converters()
+    interrupt_on_sigterm()
+    import json
+
+    from .backends import RunOptions
+    from .runtime import BundleRuntime
+    from .verify import check_images, format_report
+
+    prog = "vmoe-export verify"
+    if args.reference is not None and args.images is None:
+        return fail(prog, "--reference compares on --images: pass --images DIR too")
+    try:
+        rt = BundleRuntime(args.bundle, run=RunOptions(threads=args.threads), expect_digest=args.expect_digest,
+                           self_test=False)
+        from .verify import self_test
+
+        report = self_test(rt)
+        extra = None
+        if args.images is not None:
+            ref = None
+            if args.reference is not None:
+                ref = BundleRuntime(args.reference, run=RunOptions(threads=args.threads))
+            extra = check_images(rt, args.images, ref)
+        if args.json:
+            print(json.dumps({"bundle": str(args.bundle), "target": rt.target, **report.to_json(),
+                              **({"images": extra} if extra else {})}, indent=1))
+        else:
+            print(f"{args.bundle} ({rt.target}, {rt.manifest['quantization']['mode']}, {rt.schedule.kind} schedule)")
+            print("\n".join(format_report(report)))
+            if extra:
+                print(extra["summary"])
+        if not report.passed:
+            return fail(prog, f"{args.bundle}: " + "; ".join(report.failures))
     except user_errors() as e:
         return fail(prog, str(e))
     except KeyboardInterrupt:

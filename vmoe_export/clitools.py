@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .model import MODELS_DIR
+from .config import MODELS_DIR
 
 DEFAULT_CONFIG = "fmnist-tiny"
 DEFAULT_CHECKPOINT = MODELS_DIR / DEFAULT_CONFIG / "model.pt"
@@ -45,6 +45,18 @@ def quiet_converters() -> None:
         warnings.filterwarnings("ignore", category=category)
     for name in ("torchao", "torch.onnx", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def build_side_missing(prog: str) -> int | None:
+    """Exit code 2 with one line when the build side (PyTorch and the converters) is not installed: a
+    runtime-only install (`pip install 'vmoe-export[runtime]'`) runs and verifies bundles but cannot make them."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "tqdm") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return fail(prog, f"{prog} needs the build side ({', '.join(missing)} not installed): pip install 'vmoe-export[export]' "
+                "(this install runs and verifies bundles: vmoe-predict, vmoe-export verify)")
 
 
 def fail(prog: str, msg: str) -> int:

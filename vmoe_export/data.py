@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import VmoeError
+from .errors import DataError
+from .preprocess import MAX_ASPECT, MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
+from .preprocess import load_image as _np_load_image
+from .preprocess import read_image as _np_read_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -23,10 +26,6 @@ FASHION_MNIST_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-
-
-class DataError(VmoeError):
-    """Missing or malformed data, with a message that says how to fix it."""
 
 
 @dataclass
@@ -100,52 +99,14 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> Dataset:
     )
 
 
-MAX_IMAGE_PIXELS = 100_000_000  # a 100 MP photo; larger is refused from the header, before decoding
-MAX_ASPECT = 50  # width/height beyond 50:1 is no photo of an object (and resizes to absurd sizes)
-
-
 def load_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
-    """One image file as uint8 C,H,W, resized (shorter side, then centre crop) to image_size."""
-    from PIL import Image
-
-    def centre_crop(img):
-        w, h = img.size
-        scale = image_size / min(w, h)
-        img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.Resampling.BILINEAR)
-        w, h = img.size
-        left, top = (w - image_size) // 2, (h - image_size) // 2
-        return img.crop((left, top, left + image_size, top + image_size))
-
-    return read_image(path, in_chans, centre_crop)
+    """One image file as uint8 C,H,W, resized (shorter side, then centre crop) to image_size (preprocess.load_image)."""
+    return torch.from_numpy(_np_load_image(path, image_size, in_chans))
 
 
 def read_image(path: Path, in_chans: int, transform, draft: int | None = None) -> torch.Tensor:
-    """Decode one image file as grayscale or RGB, apply `transform` (PIL image -> PIL image), return uint8 C,H,W.
-    Sizes are checked from the header first: decompression bombs and absurd shapes are refused. `draft`: let a
-    JPEG decode at a reduced scale that still covers draft x draft pixels."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    mode = "L" if in_chans == 1 else "RGB"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
-            w, h = img.size
-            if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS or max(w, h) > MAX_ASPECT * min(w, h):
-                raise DataError(f"image {path} is {w}x{h}: refused before decoding (at most {MAX_IMAGE_PIXELS // 10**6} "
-                                f"megapixels and a {MAX_ASPECT}:1 aspect ratio); crop or resize it first")
-            if draft:
-                img.draft(mode, (draft, draft))
-            arr = np.asarray(transform(img.convert(mode)), dtype=np.uint8)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"image {path} refused: {e}") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy())
+    """preprocess.read_image as a torch tensor: decode with the header checks, transform, uint8 C,H,W."""
+    return torch.from_numpy(_np_read_image(path, in_chans, transform, draft))
 
 
 def empty_class_error(folder: Path, unreadable: int = 0) -> DataError:
@@ -312,8 +273,9 @@ def holdout_split(train: Split, fraction: float, seed: int) -> tuple[Split, Spli
 
 
 def preprocess(images: torch.Tensor, cfg) -> torch.Tensor:
-    """uint8 N,C,H,W -> float32 normalised with the model config's polarity rule, mean and std. Mirrored by the
-    bundle manifest's preprocessing block, the Python runtime and both app cores."""
+    """uint8 N,C,H,W -> float32 normalised with the model config's polarity rule, mean and std, on the images'
+    device (training runs it on the GPU). The same arithmetic as preprocess.normalize, which the runtimes use:
+    tests hold the two equal bit for bit on the golden images."""
     x = normalize_polarity(images, cfg.polarity).float() / 255.0
     m = torch.tensor(cfg.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     s = torch.tensor(cfg.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)

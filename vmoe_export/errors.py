@@ -13,3 +13,7 @@ class ConfigError(VmoeError, ValueError):
 
 class BundleError(VmoeError):
     """A bundle that is malformed, tampered with, unfinished, or unsafe to load."""
+
+
+class DataError(VmoeError):
+    """Missing or malformed data (a dataset, an image file), with a message that says how to fix it."""

@@ -21,26 +21,27 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import __version__, interrupt
 from .backends import Backend, get_backend
-from .bundle import DIGEST, MANIFEST, SCHEMA, SCHEMA_VERSION, manifest_digest, sha256_of, size_of
+from .bundle import DIGEST, GOLDEN, MANIFEST, SCHEMA, SCHEMA_VERSION, manifest_digest, sha256_of, size_of
 from .checkpoint import Checkpoint, atomic_write_bytes
 from .data import preprocess
 from .errors import ConfigError
 from .flops import count_flops
+from .golden import build_golden, write_golden
+from .machine import cpu_info
 from .manifest import preprocessing_block, superclass_names
 from .model import count_params
-from .parity import ParityBounds, ParityError, check_bundle, format_report, reference_traces, reject_path, verify_specs
+from .parity import ParityBounds, ParityError, check_bundle, format_report, reject_path, verify_specs
 from .quantize import FP32, GraphQuant, QuantOptions
 from .quantize import plan as quantize_plan
 from .runtime import BundleRuntime
-from .schedule import Schedule, artifact_relpath, layer_output
+from .schedule import Schedule, artifact_relpath
 from .split import Graph, split_model
 
 
@@ -51,12 +52,12 @@ QUANTIZED_PARITY_IMAGES = 10_000  # issue 11: at least 2,000; the toy's whole te
 @dataclass
 class ExportOptions:
     parity_images: int | None = None  # None: FP32_PARITY_IMAGES, or QUANTIZED_PARITY_IMAGES when quantized
-    bounds: ParityBounds | None = None  # None: ParityBounds() for fp32, ParityBounds.quantized() when quantized
+    bounds: ParityBounds | None = None  # None: ParityBounds() for fp32, ParityBounds.quantized(mode) when quantized
     quant: QuantOptions = field(default_factory=QuantOptions)
     # "per-layer" (exact for every k), "fused" (k=1: three graph calls per image instead of 3 + 2L) or "auto": fused
     # where it is exact and the bundle is fp32 (the fused graphs have no int8 path yet), per-layer otherwise
     schedule: str = "per-layer"
-    golden_images: int = 4
+    golden_images: int = 4  # at least 1: every bundle carries golden vectors for its self-test
     progress: bool = True
     # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="palettize4")}); a target without
     # an entry uses its backend's defaults.
@@ -69,10 +70,14 @@ class ExportOptions:
     eval_data: Mapping[str, str] = field(default_factory=lambda: {"kind": "unspecified",
                                                                   "description": "images passed to export_bundle"})
 
+    def __post_init__(self) -> None:
+        if isinstance(self.golden_images, bool) or not isinstance(self.golden_images, int) or self.golden_images < 1:
+            raise ConfigError(f"golden images must be at least 1 (every bundle self-tests on them), got {self.golden_images!r}")
+
     def parity_bounds(self) -> ParityBounds:
         if self.bounds is not None:
             return self.bounds
-        return ParityBounds.quantized() if self.quant.quantized else ParityBounds()
+        return ParityBounds.quantized(self.quant.mode) if self.quant.quantized else ParityBounds()
 
     def n_parity_images(self) -> int:
         if self.parity_images is not None:
@@ -120,81 +125,10 @@ def build_manifest(ckpt: Checkpoint, target: str, schedule: Schedule, entries: d
         ],
         "schedule": {"kind": schedule.kind, "batch_size": 1, "steps": schedule.to_json()},
         "graphs": entries,
-        "golden": "golden/golden.json" if options.golden_images else None,
+        "golden": None,  # written after parity, with golden_sha256
+        "golden_sha256": None,
         "eval_data": dict(options.eval_data),
     }
-
-
-RunGraph = Callable[..., list[np.ndarray]]  # (graph name, *numpy inputs) -> numpy outputs
-
-
-def torch_golden_source(model, graphs: list[Graph], schedule: Schedule) -> tuple[Callable, RunGraph]:
-    """PyTorch's value at every stage (fp32 bundles: the bundle matches it to float rounding)."""
-    by_name = {g.name: g for g in graphs}
-
-    def traces(x: torch.Tensor) -> list[dict]:
-        return reference_traces(model, graphs, schedule, x)
-
-    def run_graph(name: str, *xs: np.ndarray) -> list[np.ndarray]:
-        with torch.no_grad():
-            return [t.numpy() for t in by_name[name].run(*(torch.from_numpy(np.asarray(v)) for v in xs))]
-
-    return traces, run_graph
-
-
-def bundle_golden_source(runtime: BundleRuntime) -> tuple[Callable, RunGraph]:
-    """The bundle's own value at every stage (quantized bundles: the apps must reproduce these, not fp32)."""
-
-    def traces(x: torch.Tensor) -> list[dict]:
-        out = []
-        for i in range(len(x)):
-            pred = runtime.predict(x[i : i + 1].numpy(), trace=True)
-            out.append({**pred.trace, "experts": np.asarray(pred.experts), "gates": np.asarray(pred.gates, dtype=np.float32)})
-        return out
-
-    return traces, runtime.run_graph
-
-
-def write_golden(path: Path, schedule: Schedule, source: tuple[Callable, RunGraph], ckpt: Checkpoint,
-                 images_u8: torch.Tensor, labels: torch.Tensor, produced_by: str) -> None:
-    """A few test images with the value at every stage: the apps' core tests check against these."""
-    cfg = ckpt.config
-    traces, run_graph = source
-    if cfg.polarity != "as-is":  # a photo-like copy of the first image: every runtime must invert it back
-        images_u8 = torch.cat([images_u8, 255 - images_u8[:1]])
-        labels = torch.cat([labels, labels[:1]])
-    x = preprocess(images_u8, cfg)
-    refs = traces(x)
-    cases = []
-    for i, ref in enumerate(refs):
-        cases.append({
-            "label": int(labels[i]),
-            "inverted": i == len(refs) - 1 and cfg.polarity != "as-is",
-            "pixels_u8": images_u8[i].flatten().tolist(),
-            "input": [round(float(v), 7) for v in x[i].flatten()],
-            "router_logits": [float(v) for v in ref["router_logits"].reshape(-1)],
-            "experts": ref["experts"].tolist(),
-            "gates": [float(g) for g in ref["gates"]],
-            "logits": [float(v) for v in ref["logits"].reshape(-1)],
-            "predicted": int(ref["logits"].argmax()),
-        })
-    payload = {"shape": [1, cfg.in_chans, cfg.image_size, cfg.image_size], "tolerance": 1e-3, "produced_by": produced_by,
-               "cases": cases, "combine": _combine_vector(run_graph, schedule, refs[0])}
-    _write_json(path, payload)
-
-
-def _combine_vector(run_graph: RunGraph, schedule: Schedule, ref: dict) -> dict | None:
-    """The first MoE layer of one image, graph by graph, so the apps can test their gate mixing
-    (None for the fused schedule: its graphs mix inside, the cases' logits test them)."""
-    if not schedule.moe_layers:
-        return None
-    layer = schedule.moe_layers[0]
-    attn_out, hidden = run_graph(layer.attention, ref["tokens"])
-    outs = [run_graph(layer.experts[int(e)], hidden)[0] for e in ref["experts"]]
-    flat = lambda t: [float(v) for v in t.flatten()]  # noqa: E731
-    return {"layer": layer.layer, "experts": ref["experts"].tolist(), "gates": [float(g) for g in ref["gates"]],
-            "attention_out": flat(attn_out), "expert_outs": [flat(o) for o in outs],
-            "expected": flat(np.asarray(ref[layer_output(layer.layer)]))}
 
 
 def _write_json(path: Path, data) -> bytes:
@@ -348,17 +282,15 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
 
         report, runtime = _parity(backend, tmp, manifest, model, graphs, ckpt, test_images, test_labels, options)
         report["data"] = options.eval_data["description"]
-        if options.golden_images:
-            n = options.golden_images
-            if options.quant.quantized and runtime is not None:
-                source, produced_by = bundle_golden_source(runtime), f"this {target} bundle ({options.quant.mode})"
-            else:
-                source, produced_by = torch_golden_source(model, graphs, schedule), "PyTorch fp32"
-                if options.quant.quantized:
-                    log(f"{target}: golden vectors are PyTorch fp32 values: this quantized bundle cannot run here "
-                        "to record its own (the apps' exact checks need a bundle exported where it runs)")
-            write_golden(tmp / "golden" / "golden.json", schedule, source, ckpt, test_images[:n], test_labels[:n], produced_by)
-        manifest["parity"] = report
+        report["machine"] = cpu_info()  # int8 kernels (and so these figures) depend on the CPU: say which
+        n = options.golden_images
+        golden = build_golden(model, graphs, schedule, ckpt.config, test_images[:n], test_labels[:n], runtime,
+                              options.quant.mode, target, options.parity_bounds().min_snr_db)
+        if options.quant.quantized and runtime is None:
+            log(f"{target}: golden vectors are PyTorch fp32 values: this quantized bundle cannot run here "
+                "to record its own (the apps' exact checks need a bundle exported where it runs)")
+        raw = write_golden(tmp / GOLDEN, golden)
+        manifest.update(golden=GOLDEN, golden_sha256=manifest_digest(raw), parity=report)
         data = _write_json(tmp / MANIFEST, manifest)
         atomic_write_bytes(tmp / DIGEST, lambda f: f.write((manifest_digest(data) + "\n").encode()))
         log(format_report(target, report))
@@ -383,7 +315,7 @@ def _parity(backend, bundle_dir: Path, manifest: dict, model, graphs, ckpt, imag
         return verify_specs(backend, bundle_dir, manifest, reason), None
     n = min(options.n_parity_images(), len(images_u8))
     x = preprocess(images_u8[:n], ckpt.config)
-    runtime = BundleRuntime(bundle_dir, require_parity=False)  # the bundle being built has no parity yet
+    runtime = BundleRuntime(bundle_dir, require_parity=False, self_test=False)  # no parity or golden yet
     labelled = options.eval_data["kind"] != "synthetic"  # noise images have no labels: accuracy would mean nothing
     return check_bundle(runtime, model, graphs, x, labels[:n], options.parity_bounds(), options.progress, labelled), runtime
 

@@ -19,11 +19,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .errors import BundleError, ConfigError
-from .model import LIMITS, POLARITIES, ModelConfig
-from .quantize import MODES, ROUTER_PRECISION
+from .config import LIMITS, POLARITIES, ModelConfig
+from .precision import MODES, ROUTER_PRECISION
 from .schedule import KINDS, ROLES, Schedule, ScheduleError, artifact_relpath
 
 MAX_GRAPHS = 4096
+GOLDEN = "golden/golden.json"  # where every bundle keeps its golden vectors
 MAX_NAME = 256
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
@@ -143,6 +144,7 @@ class Manifest(_Strict):
     schedule: ScheduleBlock
     graphs: Annotated[dict[Name, GraphEntry], Field(max_length=MAX_GRAPHS)]
     golden: Annotated[str, StringConstraints(max_length=1024)] | None
+    golden_sha256: Sha256 | None = None  # required with golden (checked below); written before parity ends
     export_seconds: Annotated[float, Field(ge=0)]
     eval_data: EvalData
     parity: Parity | None = None
@@ -243,8 +245,11 @@ def check(m: Manifest, suffix: str, runtime_unavailable: str | None, require_par
     if (m.model.params_total, m.model.params_active) != (schedule.total(params), schedule.active(params)):
         raise ManifestError("manifest params_total/params_active do not add up from the graphs")
     _check_quantization(m)
-    if m.golden not in (None, "golden/golden.json"):
-        raise ManifestError(f"manifest golden {m.golden!r} should be 'golden/golden.json' or null")
+    if m.golden not in (None, GOLDEN):
+        raise ManifestError(f"manifest golden {m.golden!r} should be {GOLDEN!r} or null")
+    if require_parity and (m.golden is None or m.golden_sha256 is None):
+        raise ManifestError("the manifest names no golden vectors (golden and golden_sha256): a bundle cannot self-test "
+                            "without them; re-export it with this vmoe-export")
     if require_parity:
         _check_parity(m, runtime_unavailable)
     return cfg, schedule

@@ -18,16 +18,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from .compare import MAX_SNR_DB, power, snr_db  # noqa: F401 (re-exported)
 from .errors import ConfigError
+from .precision import CALIBRATION, MODES, ROUTER_PRECISION  # noqa: F401 (re-exported)
 from .schedule import MoELayer, Schedule, execute
 from .split import Graph, torch_select
 
-MODES = ("none", "dynamic-int8", "static-int8", "weight-int8")
-CALIBRATION = ("auto", "routed", "all")  # auto: the backend's measured choice (Backend.calibration)
-ROUTER_PRECISION = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -138,18 +136,3 @@ def plan(graphs: list[Graph], schedule: Schedule, options: QuantOptions, calibra
                 samples = layer_hidden[g.spec.layer]
         out[g.name] = GraphQuant(mode_of[g.name], tuple(samples), {"source": source, "samples": len(samples)})
     return out
-
-
-MAX_SNR_DB = 200.0  # reported for identical outputs (JSON has no infinity)
-
-
-def snr_db(signal: float, noise: float) -> float:
-    """Signal-to-noise ratio in dB from sums of squares (reference, reference - value): scale-free, the
-    PSNR-style check Apple's ml-stable-diffusion applies to converted chunks."""
-    if noise <= 0.0:
-        return MAX_SNR_DB
-    return min(MAX_SNR_DB, 10.0 * float(np.log10(max(signal, 1e-30) / noise)))
-
-
-def power(x: np.ndarray) -> float:
-    return float((np.asarray(x, dtype=np.float64) ** 2).sum())

@@ -4,6 +4,7 @@ The runtime executes the schedule stored in the manifest (vmoe_export.schedule.e
 the backend's runners as graphs: the shared graphs (trunk, router, attention, head) are loaded
 up front; an expert (its per-layer graphs) is loaded on first use and kept in an LRU cache
 bounded by a count and/or a byte budget (artifact bytes, the memory a device maps for them).
+Before a runtime is handed out it runs the bundle's golden vectors on this machine (verify.py).
 The apps' cores mirror this file.
 """
 
@@ -16,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import RunOptions, get_backend
+from .backends import RunOptions, get_runtime
 from .bundle import BundleError, artifact_path, graph_sizes, manifest_schedule, read_manifest
+from .graphio import GraphIO
+from .machine import describe
+from .preprocess import preprocess_image as _preprocess_image
 from .schedule import Schedule, execute
-from .split import GraphIO
+from .verify import SelfTestError, SelfTestReport
+from .verify import self_test as run_self_test
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -117,17 +122,19 @@ class BundleRuntime:
 
     def __init__(self, bundle_dir: Path, max_experts: int | None = None, max_bytes: int | None = None,
                  run: RunOptions = RunOptions(), expect_digest: str | None = None, require_parity: bool = True,
-                 verify: str = "every-load"):
+                 verify: str = "every-load", self_test: bool = True):
         """verify="every-load" hashes an artifact each time it is loaded; "once" hashes every artifact when the
         bundle opens and afterwards re-hashes only files whose fingerprint changed (bundle.artifact_path), which
-        takes the checksum out of expert switches."""
+        takes the checksum out of expert switches. self_test=True runs the bundle's golden vectors on this machine
+        before the runtime is handed out (verify.self_test) and raises SelfTestError naming the stage when they
+        are not reproduced; `self_test_report` keeps the figures, `self_test_ms` its cost."""
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.dir = Path(bundle_dir)
         self.manifest = read_manifest(self.dir, expect_digest, require_parity)
         self._verified: dict | None = {} if verify == "once" else None
         self.target = self.manifest["target"]
-        self.backend = get_backend(self.target)
+        self.backend = get_runtime(self.target)
         self.run_options = run
         self.schedule: Schedule = manifest_schedule(self.manifest)
         self.top_k, self.num_experts = self.schedule.top_k, self.schedule.num_experts
@@ -153,6 +160,17 @@ class BundleRuntime:
         )
         first = specs[0].name  # the graph that reads the image
         self.input_shape = tuple(self.manifest["graphs"][first]["inputs"][0]["shape"])
+        self.self_test_report: SelfTestReport | None = None
+        self.self_test_ms = 0.0
+        if self_test:
+            self.self_test_report = report = run_self_test(self)
+            self.self_test_ms = report.seconds * 1e3
+            # Only the shared graphs stay resident after open, as without the self-test: the experts its golden
+            # images were routed to are dropped (a phone's memory is for the experts real images need).
+            self.experts = self.experts.empty_copy()
+            if not report.passed:
+                raise SelfTestError(f"{self.dir}: self-test failed on this machine ({describe(report.machine)}): "
+                                    + "; ".join(report.failures))
 
     def _load_graph(self, name: str):
         path = artifact_path(self.dir, self.manifest, name, self._verified)  # containment and sha256
@@ -210,14 +228,7 @@ class BundleRuntime:
 
 def preprocess_image(path: Path, manifest: dict) -> np.ndarray:
     """An image file -> the trunk's float32 input, using the manifest's preprocessing block."""
-    from .data import load_image, normalize_polarity
-
-    pre = manifest["preprocessing"]
-    img = normalize_polarity(load_image(Path(path), pre["image_size"], pre["channels"])[None], pre["polarity"])[0]
-    x = img.numpy().astype(np.float32) / 255.0
-    mean = np.asarray(pre["mean"], dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(pre["std"], dtype=np.float32).reshape(-1, 1, 1)
-    return ((x - mean) / std)[None].astype(np.float32)
+    return _preprocess_image(path, manifest["preprocessing"])
 
 
-__all__ = ["BundleRuntime", "BundleError", "ExpertCache", "Prediction", "preprocess_image", "select_experts"]
+__all__ = ["BundleRuntime", "BundleError", "ExpertCache", "Prediction", "SelfTestError", "preprocess_image", "select_experts"]

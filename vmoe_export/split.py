@@ -23,6 +23,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .graphio import GraphIO, TensorSpec  # noqa: F401 (re-exported)
 from .model import route
 from .schedule import GraphSpec, Schedule, execute
 
@@ -34,40 +35,6 @@ class SplittableModel(Protocol):
     def graph_module(self, spec: GraphSpec) -> nn.Module: ...
 
     def tensor_shape(self, name: str) -> tuple[int, ...]: ...
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TensorSpec":
-        return cls(d["name"], tuple(d["shape"]), d.get("dtype", "float32"))
-
-
-@dataclass(frozen=True)
-class GraphIO:
-    """A graph's inputs and outputs in order: what a backend needs to load and run it."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @classmethod
-    def from_manifest(cls, entry: dict) -> "GraphIO":
-        return cls(tuple(map(TensorSpec.from_json, entry["inputs"])), tuple(map(TensorSpec.from_json, entry["outputs"])))
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
 
 
 @dataclass

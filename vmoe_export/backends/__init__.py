@@ -7,6 +7,9 @@ backend is one new file plus its module name in REGISTRY; nothing else lists bac
 
 Backend modules import their converter and runtime packages inside functions, so listing
 backends, their options and capabilities costs nothing and works where a package is missing.
+The line between build side and device side runs through each module: `export` may import torch
+and the converter; `load` and everything at module level import only NumPy and the backend's
+runtime (`runtime_modules`), so a bundle runs where neither torch nor a converter is installed.
 
 `export(graph, path, options, quant)` receives the graph's quantize.GraphQuant: the mode to convert
 it in (one the backend declares) and, for static-int8, its calibration inputs.
@@ -22,13 +25,16 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ..errors import ConfigError, VmoeError
-from ..quantize import GraphQuant
-from ..split import Graph, GraphIO
+from ..graphio import GraphIO
+
+if TYPE_CHECKING:  # the build side: a runtime-only install (no torch) never calls export
+    from ..quantize import GraphQuant
+    from ..split import Graph
 
 # The registry: module names under vmoe_export.backends, in `--target all` order.
 REGISTRY = ("executorch", "coreml", "tflite", "onnx")
@@ -64,7 +70,7 @@ class Backend:
     name: str
     suffix: str  # artifact file (or directory, for .mlpackage) suffix
     distributions: tuple[str, ...]  # pip packages it needs (their pins come from vmoe-export's own metadata)
-    modules: tuple[str, ...]  # import names that must be importable
+    modules: tuple[str, ...]  # import names that must be importable to export
     export: Callable[[Graph, Path, Any, GraphQuant], None]  # (graph, artifact path, options instance, quantization)
     load: Callable[[Path, GraphIO, RunOptions], Runner]
     options: type = NoOptions  # frozen dataclass of this backend's export options
@@ -80,6 +86,7 @@ class Backend:
     options_from_args: Callable[[argparse.Namespace], Any] | None = None
     # Loads the runtime library itself (no model): its fixed cost, which memory measurements leave out.
     start_runtime: Callable[[], None] = lambda: None
+    runtime_modules: tuple[str, ...] | None = None  # import names that must be importable to run; None: `modules`
 
     def versions(self) -> dict[str, str]:
         return {d: package_version(d) for d in ("torch", *self.distributions)}
@@ -118,6 +125,19 @@ def get_backend(name: str) -> Backend:
         raise BackendUnavailable(
             f"target '{name}' needs packages that are not installed ({', '.join(missing)}); "
             f"install them with: pip install {' '.join(_pinned(backend.distributions))}"
+        )
+    return backend
+
+
+def get_runtime(name: str) -> Backend:
+    """A backend ready to *run* bundles: needs only its runtime package (no converter, no torch)."""
+    backend = describe(name)
+    needed = backend.modules if backend.runtime_modules is None else backend.runtime_modules
+    missing = [m for m in needed if _find_spec(m) is None]
+    if missing:
+        raise BackendUnavailable(
+            f"running a {name} bundle needs packages that are not installed ({', '.join(missing)}); "
+            f"install them with: pip install {' '.join(_pinned(tuple(m.replace('_', '-') for m in missing)))}"
         )
     return backend
 

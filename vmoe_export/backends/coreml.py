@@ -21,12 +21,16 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from ..quantize import GraphQuant
-from ..split import Graph, GraphIO
-from . import Backend, BackendUnavailable, RunOptions, _pt2e as pt2e
+import numpy as np
+
+from ..graphio import GraphIO
+from . import Backend, BackendUnavailable, RunOptions
+
+if TYPE_CHECKING:  # the build side
+    from ..quantize import GraphQuant
+    from ..split import Graph
 
 COMPRESSION = ("none", "palettize4")
 
@@ -60,6 +64,10 @@ def _ct():
 
 
 def export(graph: Graph, path: Path, options: CoreMLOptions, quant: GraphQuant) -> None:
+    import torch
+
+    from . import _pt2e as pt2e
+
     ct = _ct()
     example = tuple(graph.inputs.values())
     exported = torch.export.export(graph.module, example)

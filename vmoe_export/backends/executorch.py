@@ -14,17 +14,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from ..quantize import GraphQuant
-from ..split import Graph, GraphIO
-from . import Backend, NoOptions, RunOptions, _pt2e as pt2e
+import numpy as np
+
+from ..graphio import GraphIO
+from . import Backend, NoOptions, RunOptions
+
+if TYPE_CHECKING:  # the build side
+    from ..quantize import GraphQuant
+    from ..split import Graph
 
 
 def export(graph: Graph, path: Path, options: NoOptions, quant: GraphQuant) -> None:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
+    import torch
+
+    from . import _pt2e as pt2e
 
     example = tuple(graph.inputs.values())
     exported = torch.export.export(graph.module, example)
@@ -44,6 +51,7 @@ def set_threads(threads: int) -> None:
 
 
 def load(path: Path, io: GraphIO, run: RunOptions):
+    import torch  # ExecuTorch's Python runtime exchanges torch tensors: its wheel depends on torch
     from executorch.runtime import Runtime
 
     set_threads(run.threads)

@@ -15,11 +15,16 @@ import io as _io
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..quantize import GraphQuant
-from ..split import Graph, GraphIO
+from ..graphio import GraphIO
 from . import Backend, NoOptions, RunOptions
+
+if TYPE_CHECKING:  # the build side; a runtime-only install has neither
+    from ..quantize import GraphQuant
+    from ..split import Graph
 
 
 def export(graph: Graph, path: Path, options: NoOptions, quant: GraphQuant) -> None:
@@ -94,7 +99,8 @@ def start_runtime() -> None:
     from ai_edge_litert.interpreter import Interpreter  # noqa: F401
 
 BACKEND = Backend("tflite", ".tflite", distributions=("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
-                  modules=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), export=export, load=load,
+                  modules=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), runtime_modules=("ai_edge_litert",),
+                  export=export, load=load,
                   quantization=("none", "dynamic-int8", "static-int8", "weight-int8"), start_runtime=start_runtime,
                   # ai-edge-quantizer's static recipe takes plain min/max ranges: on the toy's 2,000-image ablation,
                   # experts calibrated on their routed images alone (38-85 of 256) scored 27.0 dB mean expert SNR,

@@ -100,6 +100,10 @@ def find_or_export_quantized(targets: list[str], modes: list[str], bundles_dir: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..clitools import build_side_missing
+
+    if (code := build_side_missing("vmoe-bench")) is not None:
+        return code
     args = parser().parse_args(argv)
     quiet_converters()
     interrupt_on_sigterm()
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         b = report["backends"][target]
         print(f"{target}: split {b['split']['end_to_end']['median_ms']:.3f} ms | dense twin {b['dense_twin']['median_ms']:.3f} ms "
               f"(x{r['split_over_dense_twin']:.2f}) | monolithic {b['monolithic']['median_ms']:.3f} ms (x{r['split_over_monolithic']:.2f}) "
-              f"| eager model x{r['split_over_eager_model']:.2f} | cold expert load {b['split']['expert_cold_load']['median_ms']:.2f} ms")
+              f"| eager model x{r['split_over_eager_model']:.2f} | cold expert load {b['split']['expert_cold_load']['median_ms']:.2f} ms "
+              f"| self-test at open {b['split']['self_test_ms']:.1f} ms")
     for row in report.get("quantized", []):
         print(f"{row['backend']} {row['mode']}: size x{row['size_ratio']:.2f} of fp32 | latency {row['latency_ms']:.3f} ms "
               f"(x{row['latency_ratio']:.2f}) | {row['parity_summary']}")

@@ -151,8 +151,11 @@ def markdown(r: dict) -> str:
         "was hashed when the bundle opened, so a switch is only the runtime's load. Warm = the expert is resident: a "
         "cache lookup, then only its compute.",
         "",
-        "| backend | cold load median / p90 ms | uncached | verified once | warm lookup ms | expert compute per image ms | cold / warm compute | expert size |",
-        "|---|---|---|---|---|---|---|---|",
+        "Self-test at open: the bundle's golden images run through it when it opens (the default; `--no-self-test` "
+        "skips it), the shared graphs' first runs and the routed experts' cold loads included.",
+        "",
+        "| backend | cold load median / p90 ms | uncached | verified once | warm lookup ms | expert compute per image ms | cold / warm compute | expert size | self-test at open ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t, b in r["backends"].items():
         sp = b["split"]
@@ -160,7 +163,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {t} | {_ms(sp['expert_cold_load'])} | {uncached} | {_ms(sp['expert_cold_load_verified_once'])} | "
                      f"{sp['expert_warm_lookup']['median_ms']:.4f} | "
                      f"{sp['stages']['experts']['median_ms']:.3f} | {r['ratios'][t]['cold_load_over_warm_expert_exec']:.1f} | "
-                     f"{sp['expert_bytes'][0] / 1024:.0f} KiB |")
+                     f"{sp['expert_bytes'][0] / 1024:.0f} KiB | {sp.get('self_test_ms', 0.0):.1f} |")
     lines += [
         "",
         "![expert load](expert_load.png)",

@@ -149,7 +149,7 @@ struct ScheduleInfo: Decodable {
 /// tensor shapes, preprocessing, the expert table, a completed parity).
 public struct Manifest: Decodable {
     public static let schema = "vmoe-export/bundle"
-    public static let schemaVersion = 2
+    public static let schemaVersion = 3
     static let suffix = ["executorch": ".pte", "coreml": ".mlpackage", "tflite": ".tflite", "onnx": ".onnx"]
 
     public let schema: String
@@ -162,11 +162,15 @@ public struct Manifest: Decodable {
     public let experts: [ExpertInfo]
     let schedule: ScheduleInfo
     let parity: ParityInfo?
+    /// Every bundle's golden vectors (`golden/golden.json`), pinned by `goldenSha256`, for the self-test.
+    public let golden: String
+    public let goldenSha256: String
     public private(set) var steps: [Step] = []
+    public static let goldenPath = "golden/golden.json"
 
     enum CodingKeys: String, CodingKey {
         case schema, schemaVersion = "schema_version", target, model, preprocessing, classNames = "class_names"
-        case graphs, experts, schedule, parity
+        case graphs, experts, schedule, parity, golden, goldenSha256 = "golden_sha256"
     }
 
     /// Graphs every image runs, loaded up front.
@@ -345,6 +349,17 @@ public struct Bundle {
 
     public func expertBytes(_ expert: Int) -> Int {
         manifest.expertGraphs(expert).reduce(0) { $0 + (manifest.graphs[$1]?.sizeBytes ?? 0) }
+    }
+
+    /// golden/golden.json, after its sha256 matches the manifest's golden_sha256 (a pinned digest pins it too).
+    public func goldenData() throws -> Data {
+        guard manifest.golden == Manifest.goldenPath else { throw ManifestError.invalid("manifest golden must be '\(Manifest.goldenPath)': re-export the bundle") }
+        let url = dir.appendingPathComponent(manifest.golden)
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw ManifestError.invalid("\(manifest.golden) is missing from the bundle: copy the whole bundle directory or re-export it")
+        }
+        guard try Sha256.of(url) == manifest.goldenSha256 else { throw ManifestError.invalid("\(manifest.golden) fails its checksum: re-export the bundle") }
+        return try Data(contentsOf: url, options: .mappedIfSafe)
     }
 }
 

@@ -29,6 +29,7 @@ import dev.vmoe.core.ints
 import dev.vmoe.core.objects
 import dev.vmoe.core.Preprocessing
 import dev.vmoe.core.RoutedModel
+import dev.vmoe.core.SelfTest
 import dev.vmoe.core.Routing
 import dev.vmoe.core.int
 import dev.vmoe.core.list
@@ -48,7 +49,10 @@ class MainActivity : ComponentActivity() {
         var target by remember { mutableStateOf(targets.firstOrNull() ?: "") }
         var model by remember { mutableStateOf<RoutedModel?>(null) }
         var output by remember { mutableStateOf(if (targets.isEmpty()) "No bundle in assets/bundles: see android_demo/README.md" else "") }
-        fun ensureModel(): RoutedModel = model ?: RoutedModel(BundleStore.open(this, target), loaderFor(target)).also { model = it }
+        // The bundle runs its golden vectors on this device before it is used (SelfTest): a bundle whose numbers
+        // this phone's kernels change, or whose manifest was edited, is refused with the failing stage.
+        fun ensureModel(): RoutedModel = model ?: RoutedModel(BundleStore.open(this, target), loaderFor(target))
+            .also { SelfTest.require(it) }.also { model = it }
         fun classify(input: FloatArray, label: String) = thread {
             output = try {
                 val m = ensureModel()

@@ -38,7 +38,8 @@ val SCHEDULE_KINDS = setOf("per-layer", "fused")
  *  graph's role, place and tensor shapes, preprocessing, the expert table, a completed parity). */
 class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val topK: Int,
                val classNames: List<String>, val preprocessing: Preprocessing,
-               val graphs: Map<String, GraphEntry>, val experts: List<ExpertInfo>, val steps: List<Step>) {
+               val graphs: Map<String, GraphEntry>, val experts: List<ExpertInfo>, val steps: List<Step>,
+               val golden: String = GOLDEN, val goldenSha256: String = "") {
 
 
     /** Graphs every image runs, loaded up front. */
@@ -52,7 +53,9 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
 
     companion object {
         const val SCHEMA = "vmoe-export/bundle"
-        const val SCHEMA_VERSION = 2
+        const val SCHEMA_VERSION = 3
+        /** Every bundle's golden vectors, pinned by the manifest's golden_sha256 (vmoe_export/manifest.py). */
+        const val GOLDEN = "golden/golden.json"
         val SUFFIX = mapOf("executorch" to ".pte", "coreml" to ".mlpackage", "tflite" to ".tflite", "onnx" to ".onnx")
 
         fun parse(text: String): Manifest {
@@ -150,7 +153,11 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
                 ExpertInfo(it.int("id", "expert"), it.arr("superclass", "expert").strings("superclass"),
                     it.arr("graphs", "expert").strings("expert graphs"), it.int("size_bytes", "expert").toLong())
             }
-            val manifest = Manifest(target, e, l, k, classNames, Preprocessing(size, chans, mean, std, polarity), graphs, experts, steps)
+            if (root.opt("golden") != GOLDEN) throw ManifestException("manifest golden must be '$GOLDEN': re-export the bundle")
+            val goldenSha = root.str("golden_sha256", "manifest")
+            if (!Regex("[0-9a-f]{64}").matches(goldenSha)) throw ManifestException("manifest golden_sha256 is not a sha256")
+            val manifest = Manifest(target, e, l, k, classNames, Preprocessing(size, chans, mean, std, polarity), graphs, experts, steps,
+                GOLDEN, goldenSha)
             if (experts.size != e || experts.withIndex().any { (i, x) -> x.id != i || x.graphs != manifest.expertGraphs(i) })
                 throw ManifestException("manifest experts table does not follow from the schedule")
             checkParity(root, graphs.size)
@@ -255,6 +262,15 @@ class Bundle(val dir: File, expectedDigest: String? = null) {
     }
 
     fun expertBytes(expert: Int): Long = manifest.expertGraphs(expert).map { manifest.graphs.getValue(it).sizeBytes }.sum()
+
+    /** golden/golden.json, after its sha256 matches the manifest's golden_sha256 (so a pinned digest pins it too). */
+    fun golden(): JSONObject {
+        val file = File(dir, manifest.golden)
+        if (!file.isFile) throw ManifestException("${manifest.golden} is missing from the bundle: copy the whole bundle directory or re-export it")
+        if (file.length() > 256L shl 20) throw ManifestException("${file.path} is too large to be a vmoe-export golden file")
+        if (Sha256.of(file) != manifest.goldenSha256) throw ManifestException("${manifest.golden} fails its checksum: re-export the bundle")
+        return Json.parse(file.readText(), "golden")
+    }
 }
 
 /** Same digest as vmoe_export.bundle.sha256_of: a file's bytes, or for a directory (.mlpackage)

@@ -192,6 +192,57 @@ class CoreTest {
         expectManifestError("kind") { Manifest.parse(JSONObject(text).also { it.getJSONObject("schedule").put("kind", "grouped") }.toString()) }
     }
 
+    /** The self-test on a fused bundle, with graphs that replay its golden stages (no runtime runs on a JVM): it
+     *  passes; a coherent edit of the preprocessing (config and block, digest rewritten) is caught at the input; a
+     *  runtime whose numbers drift is caught at the logits. */
+    @Test fun selfTestCatchesEditedPreprocessingAndDriftingKernels() {
+        val fusedDir = System.getProperty("vmoe.fusedBundle") ?: ""
+        assumeTrue("no fused bundle given (run_tests.sh BUNDLE FUSED_BUNDLE)", fusedDir.isNotEmpty())
+        val dir = File(fusedDir)
+        assertTrue(SelfTest.run(replayModel(dir)).passed)
+        assertTrue(SelfTest.require(replayModel(dir)).logitsSnrDb > 100)
+
+        val copy = createTempDir("vmoe-fused")
+        dir.copyRecursively(copy, overwrite = true)
+        val m = JSONObject(File(copy, "manifest.json").readText())
+        m.getJSONObject("model").getJSONObject("config").put("std", org.json.JSONArray(listOf(0.5)))
+        m.getJSONObject("preprocessing").put("std", org.json.JSONArray(listOf(0.5)))
+        val bytes = m.toString().toByteArray(Charsets.UTF_8)
+        File(copy, "manifest.json").writeBytes(bytes)
+        File(copy, "manifest.sha256").writeText(Sha256.hex(java.security.MessageDigest.getInstance("SHA-256").digest(bytes)) + "\n")
+        val edited = SelfTest.run(replayModel(copy))
+        assertTrue(edited.failures.toString(), edited.failures.any { it.startsWith("stage input") })
+        expectManifestError("self-test failed") { SelfTest.require(replayModel(copy)) }
+
+        val drifting = SelfTest.run(replayModel(dir, logitsOffset = 0.5f))
+        assertTrue(drifting.failures.toString(), drifting.failures.any { it.startsWith("stage logits") })
+    }
+
+    /** A RoutedModel over a fused bundle whose graphs return the golden stages of the case whose input they get. */
+    private fun replayModel(dir: File, logitsOffset: Float = 0f): RoutedModel {
+        val bundle = Bundle(dir)
+        val golden = JSONObject(File(dir, "golden/golden.json").readText())
+        val all = golden.getJSONArray("cases").objects("cases")
+        fun unpack(o: JSONObject): FloatArray {
+            val b = java.nio.ByteBuffer.wrap(java.util.Base64.getDecoder().decode(o.getString("f32"))).order(java.nio.ByteOrder.LITTLE_ENDIAN)
+            return FloatArray(b.remaining() / 4) { b.float }
+        }
+        var current = all[0]
+        val last = "moe${bundle.manifest.moeLayers - 1}_out"
+        return RoutedModel(bundle, { g, _ ->
+            object : GraphRunner {
+                override fun run(inputs: List<FloatArray>): List<FloatArray> = when (g.role) {
+                    "trunk" -> {
+                        current = all.minBy { c -> c.arr("input", "case").floats("input").zip(inputs[0]).map { (a, b) -> Math.abs(a - b) }.max() ?: 0f }!!
+                        listOf(unpack(current.getJSONObject("stages").getJSONObject("tokens")), current.arr("router_logits", "case").floats("r"))
+                    }
+                    "expert" -> listOf(unpack(current.getJSONObject("stages").getJSONObject(last)))
+                    else -> listOf(current.arr("logits", "case").floats("logits").map { it + logitsOffset }.toFloatArray())
+                }
+            }
+        })
+    }
+
     @Test fun scheduleThatDisagreesWithTheModelIsRejected() {
         expectManifestError("does not match its model") {
             Manifest.parse(edited { it.getJSONObject("schedule").getJSONArray("steps").getJSONObject(2).put("k", manifest.topK + 1) })
