@@ -175,8 +175,12 @@ def test_old_schema_and_missing_golden_are_one_line_naming_the_fix(shipped_bundl
 
 def test_self_test_refuses_a_runtime_whose_numbers_drift(tiny_onnx_bundle, monkeypatch):
     """What a CPU whose int8 kernels saturate looks like to the self-test: every trunk output off by a few percent."""
-    from vmoe_export.backends import onnx as onnx_backend
+    import importlib
+
     from vmoe_export.runtime import BundleRuntime, SelfTestError
+
+    # The module the runtime looks backends up in (importlib), not a package attribute another test may have rebound.
+    onnx_backend = importlib.import_module("vmoe_export.backends.onnx")
 
     path, _ = tiny_onnx_bundle
     rt = BundleRuntime(path)
@@ -191,7 +195,7 @@ def test_self_test_refuses_a_runtime_whose_numbers_drift(tiny_onnx_bundle, monke
 
     import dataclasses
 
-    monkeypatch.setattr("vmoe_export.backends.onnx.BACKEND", dataclasses.replace(onnx_backend.BACKEND, load=drifting))
+    monkeypatch.setattr(onnx_backend, "BACKEND", dataclasses.replace(onnx_backend.BACKEND, load=drifting))
     with pytest.raises(SelfTestError, match="stage tokens: SNR .* dB against fp32 on this machine"):
         BundleRuntime(path)
     assert BundleRuntime(path, self_test=False).self_test_report is None
