@@ -71,7 +71,8 @@ def bundle_row(path: Path, report: dict, settings, images, memory: bool) -> dict
 def expert_snr(path: Path, ckpt, x: torch.Tensor) -> dict[str, float]:
     """Each expert graph of a bundle against PyTorch on the fp32 hidden states of the test images routed
     to it: the error quantization adds to that expert alone."""
-    from vmoe_export.quantize import power, record_inputs, snr_db
+    from vmoe_export.compare import power, snr_db
+    from vmoe_export.quantize import record_inputs
     from vmoe_export.runtime import BundleRuntime
     from vmoe_export.split import split_model
 

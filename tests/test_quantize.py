@@ -22,7 +22,8 @@ from vmoe_export.errors import BundleError, ConfigError
 from vmoe_export.export import ExportOptions, export_bundle
 from vmoe_export.model import MobileVMoE
 from vmoe_export.parity import ParityBounds, ParityError, reject_path
-from vmoe_export.quantize import MAX_SNR_DB, QuantOptions, plan, record_inputs, snr_db
+from vmoe_export.compare import MAX_SNR_DB, snr_db
+from vmoe_export.quantize import QuantOptions, plan, record_inputs
 from vmoe_export.runtime import BundleRuntime
 from vmoe_export.split import split_model
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from .errors import VmoeError
-from .model import MODELS_DIR, MobileVMoE, ModelConfig
+from .config import MODELS_DIR, ModelConfig
+from .model import MobileVMoE
 
 FORMAT = "vmoe-export/checkpoint"
 # 2: carries a content digest (config, labels, super-classes, tensors), required and verified on load.

@@ -8,8 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, build_side_missing, add_model_arguments, add_schedule_argument, fail,
-                       interrupt_on_sigterm, quiet_converters, resolve_model, user_errors)
+from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, add_schedule_argument, build_side_missing,
+                       fail, interrupt_on_sigterm, quiet_converters, resolve_model, user_errors)
 from .config import list_configs
 
 
@@ -73,7 +73,7 @@ def train_main(argv: list[str] | None = None) -> int:
     import torch
 
     from .stream import load_dataset
-    from .model import load_config
+    from .config import load_config
     from .train import TrainConfig, init_distributed, run_training
 
     errors = [n for n, v in (("--dense-epochs", args.dense_epochs), ("--moe-epochs", args.moe_epochs),
@@ -364,16 +364,14 @@ def verify_main(argv: list[str] | None = None) -> int:
 
     from .backends import RunOptions
     from .runtime import BundleRuntime
-    from .verify import check_images, format_report
+    from .verify import check_images, format_report, self_test
 
     prog = "vmoe-export verify"
     if args.reference is not None and args.images is None:
         return fail(prog, "--reference compares on --images: pass --images DIR too")
     try:
         rt = BundleRuntime(args.bundle, run=RunOptions(threads=args.threads), expect_digest=args.expect_digest,
-                           self_test=False)
-        from .verify import self_test
-
+                           self_test=False)  # run below, to report the figures rather than raise
         report = self_test(rt)
         extra = None
         if args.images is not None:

@@ -88,7 +88,7 @@ def add_model_arguments(parser) -> None:
 def resolve_model(args):
     """The Checkpoint the arguments name (see add_model_arguments), or a ValueError naming the fix."""
     from .checkpoint import load_checkpoint, random_checkpoint
-    from .model import load_config
+    from .config import load_config
 
     if args.random_init:
         if args.checkpoint is not None:

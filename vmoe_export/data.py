@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .preprocess import MAX_ASPECT, MAX_IMAGE_PIXELS  # noqa: F401 (re-exported)
 from .preprocess import load_image as _np_load_image
 from .preprocess import read_image as _np_read_image
 

@@ -33,7 +33,7 @@ from .checkpoint import Checkpoint, atomic_write_bytes
 from .data import preprocess
 from .errors import ConfigError
 from .flops import count_flops
-from .golden import build_golden, write_golden
+from .golden import build_golden
 from .machine import cpu_info
 from .manifest import preprocessing_block, superclass_names
 from .model import count_params
@@ -289,7 +289,7 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
         if options.quant.quantized and runtime is None:
             log(f"{target}: golden vectors are PyTorch fp32 values: this quantized bundle cannot run here "
                 "to record its own (the apps' exact checks need a bundle exported where it runs)")
-        raw = write_golden(tmp / GOLDEN, golden)
+        raw = _write_json(tmp / GOLDEN, golden)
         manifest.update(golden=GOLDEN, golden_sha256=manifest_digest(raw), parity=report)
         data = _write_json(tmp / MANIFEST, manifest)
         atomic_write_bytes(tmp / DIGEST, lambda f: f.write((manifest_digest(data) + "\n").encode()))

@@ -20,7 +20,8 @@ from .bundle import safe_join
 from .errors import VmoeError
 from .compare import StageStats
 from .schedule import Schedule
-from .split import Graph, GraphIO, run_split
+from .graphio import GraphIO
+from .split import Graph, run_split
 
 # The composed split must equal the model's own forward to float32 rounding.
 SPLIT_VS_MODEL_TOLERANCE = 1e-4

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .compare import MAX_SNR_DB, power, snr_db  # noqa: F401 (re-exported)
 from .errors import ConfigError
 from .precision import CALIBRATION, MODES, ROUTER_PRECISION  # noqa: F401 (re-exported)
 from .schedule import MoELayer, Schedule, execute

@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .graphio import GraphIO, TensorSpec  # noqa: F401 (re-exported)
+from .graphio import GraphIO, TensorSpec
 from .model import route
 from .schedule import GraphSpec, Schedule, execute
 

@@ -120,26 +120,27 @@ def describe(name: str) -> Backend:
 def get_backend(name: str) -> Backend:
     """A backend ready to use: raises BackendUnavailable naming what to install when a package is missing."""
     backend = describe(name)
-    missing = [m for m in backend.modules if _find_spec(m) is None]
-    if missing:
-        raise BackendUnavailable(
-            f"target '{name}' needs packages that are not installed ({', '.join(missing)}); "
-            f"install them with: pip install {' '.join(_pinned(backend.distributions))}"
-        )
+    _require(backend.modules, backend.distributions, f"target '{name}'")
     return backend
 
 
 def get_runtime(name: str) -> Backend:
     """A backend ready to *run* bundles: needs only its runtime package (no converter, no torch)."""
     backend = describe(name)
-    needed = backend.modules if backend.runtime_modules is None else backend.runtime_modules
-    missing = [m for m in needed if _find_spec(m) is None]
-    if missing:
-        raise BackendUnavailable(
-            f"running a {name} bundle needs packages that are not installed ({', '.join(missing)}); "
-            f"install them with: pip install {' '.join(_pinned(tuple(m.replace('_', '-') for m in missing)))}"
-        )
+    if backend.runtime_modules is None:
+        _require(backend.modules, backend.distributions, f"running a {name} bundle")
+    else:  # a runtime's import name is its distribution name with '-' for '_' (onnxruntime, ai_edge_litert)
+        _require(backend.runtime_modules, tuple(m.replace("_", "-") for m in backend.runtime_modules),
+                 f"running a {name} bundle")
     return backend
+
+
+def _require(modules: tuple[str, ...], distributions: tuple[str, ...], what: str) -> None:
+    """Raise BackendUnavailable naming the pip install when any of `modules` is not importable."""
+    missing = [m for m in modules if _find_spec(m) is None]
+    if missing:
+        raise BackendUnavailable(f"{what} needs packages that are not installed ({', '.join(missing)}); "
+                                 f"install them with: pip install {' '.join(_pinned(distributions))}")
 
 
 def all_backends() -> list[Backend]:
