@@ -83,7 +83,7 @@ def worker(bundle: Path, n: int, out: Path) -> None:
     from vmoe_export.machine import cpu_info
     from vmoe_export.preprocess import normalize
     from vmoe_export.runtime import BundleRuntime
-    from vmoe_export.verify import self_test
+    from vmoe_export.selftest import self_test
 
     rt = BundleRuntime(bundle, self_test=False)
     report = self_test(rt).to_json()

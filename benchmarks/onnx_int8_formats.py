@@ -64,7 +64,7 @@ def export_variant(work: Path, mode: str, label: str, fmt: dict, calibration) ->
     from vmoe_export.backends import onnx as onnx_backend
     from vmoe_export.checkpoint import load_checkpoint
     from vmoe_export.data import load_fashion_mnist
-    from vmoe_export.export import ExportOptions, export_bundle
+    from vmoe_export.exporter import ExportOptions, export_bundle
     from vmoe_export.parity import ParityBounds
     from vmoe_export.quantize import QuantOptions
 

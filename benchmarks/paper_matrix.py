@@ -39,7 +39,7 @@ def run(variants: list[str], ks: list[int], threads: list[int], settings, work: 
     from vmoe_export.bench.run import machine_info, run_benchmarks
     from vmoe_export.checkpoint import random_checkpoint
     from vmoe_export.data import SYNTHETIC_NOTE, synthetic_split
-    from vmoe_export.export import ExportOptions, export_bundle
+    from vmoe_export.exporter import ExportOptions, export_bundle
     from vmoe_export.model import MobileVMoE, load_config
 
     cache = work / "artifacts"

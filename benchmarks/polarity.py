@@ -29,7 +29,7 @@ import torch
 from vmoe_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vmoe_export.data import bright_border, load_fashion_mnist, preprocess
 from vmoe_export.model import MODELS_DIR, MobileVMoE
-from vmoe_export.train import model_card
+from vmoe_export.training import model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -40,7 +40,7 @@ def record_only():
 
 
 def export(ckpt, target, out, test, quant, options, calibration):
-    from vmoe_export.export import export_bundle
+    from vmoe_export.exporter import export_bundle
 
     opts = replace(options, quant=quant)
     path, report = export_bundle(ckpt, target, out, test.images, test.labels, opts, log=lambda s: None,
@@ -96,9 +96,10 @@ def expert_snr(path: Path, ckpt, x: torch.Tensor) -> dict[str, float]:
 
 def toy(work: Path, parity_images: int, ablation_images: int, settings, progress) -> dict:
     from vmoe_export.backends import describe, runtime_targets
+    from vmoe_export.plan import supports
     from vmoe_export.checkpoint import load_checkpoint
     from vmoe_export.data import calibration_split, eval_split, preprocess
-    from vmoe_export.export import ExportOptions
+    from vmoe_export.exporter import ExportOptions
     from vmoe_export.quantize import QuantOptions
 
     ckpt = load_checkpoint(REPO / "models" / "fmnist-tiny" / "model.pt")
@@ -124,7 +125,7 @@ def toy(work: Path, parity_images: int, ablation_images: int, settings, progress
                               QuantOptions("static-int8", calibration="routed", router="int8")),
                              ("dynamic-int8, router quantized", QuantOptions("dynamic-int8", router="int8")),
                              ("dynamic-int8, fp32 router", QuantOptions("dynamic-int8"))):
-            if quant.mode not in describe(t).quantization:
+            if not supports(t, quant.mode):
                 continue
             progress(f"toy {t} ablation: {label}")
             path, report = export(ckpt, t, work / "ablation" / f"{t}-{len(ablations)}", test, quant, small, calib.images)
@@ -138,10 +139,11 @@ def toy(work: Path, parity_images: int, ablation_images: int, settings, progress
 
 
 def paper(work: Path, settings, progress, config: str) -> dict:
-    from vmoe_export.backends import describe, runtime_targets
+    from vmoe_export.backends import runtime_targets
+    from vmoe_export.plan import supports
     from vmoe_export.checkpoint import random_checkpoint
     from vmoe_export.data import SYNTHETIC_NOTE, preprocess, synthetic_split
-    from vmoe_export.export import ExportOptions
+    from vmoe_export.exporter import ExportOptions
     from vmoe_export.model import load_config
     from vmoe_export.quantize import QuantOptions
 
@@ -155,7 +157,7 @@ def paper(work: Path, settings, progress, config: str) -> dict:
     rows = []
     for t in runtime_targets():
         for mode in ("none", "dynamic-int8", "static-int8"):
-            if mode not in describe(t).quantization:
+            if not supports(t, mode):
                 continue
             progress(f"paper {cfg.name} {t} {mode}")
             quant = QuantOptions(mode, calibration_images=len(calib), min_samples=1)

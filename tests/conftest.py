@@ -77,7 +77,7 @@ def shipped_bundle(tmp_path_factory):
     Fashion-MNIST test images, made once per target per test session and shared."""
     from vmoe_export.checkpoint import load_checkpoint
     from vmoe_export.data import load_fashion_mnist
-    from vmoe_export.export import ExportOptions, export_bundle
+    from vmoe_export.exporter import ExportOptions, export_bundle
 
     cache = {}
     root = tmp_path_factory.mktemp("shipped_bundles")
@@ -102,7 +102,7 @@ def synthetic_test_set(n=40, seed=0):
 def tiny_onnx_bundle(tmp_path_factory):
     """(bundle dir, checkpoint): the tiny config exported to ONNX (the fastest real converter), once per session.
     Tests copy it before changing anything."""
-    from vmoe_export.export import ExportOptions, export_bundle
+    from vmoe_export.exporter import ExportOptions, export_bundle
 
     torch.manual_seed(0)
     cfg = tiny_config(top_k=1)

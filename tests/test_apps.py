@@ -60,7 +60,7 @@ def test_parse_check_catches_a_syntax_error():
 def test_kotlin_core_junit_against_golden_vectors(shipped_bundle, tmp_path):
     from vmoe_export.checkpoint import load_checkpoint
     from vmoe_export.data import load_fashion_mnist
-    from vmoe_export.export import ExportOptions, export_bundle
+    from vmoe_export.exporter import ExportOptions, export_bundle
 
     bundle, report = shipped_bundle("executorch")
     assert report["status"] == "pass"

@@ -66,7 +66,7 @@ class SdpaModule(torch.nn.Module):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from vmoe_export.checkpoint import Checkpoint, save_checkpoint
-    from vmoe_export.export import ExportOptions, export_bundle
+    from vmoe_export.exporter import ExportOptions, export_bundle
 
     torch.manual_seed(0)
     cfg = tiny_config()
@@ -222,7 +222,7 @@ def test_artifact_cache_reuses_identical_graphs_only(tmp_path):
     """k=1 and k=2 bundles of one model share every converted graph; the monolithic baselines differ by k."""
     from vmoe_export.backends import get_backend
     from vmoe_export.bench.baselines import monolithic_graph
-    from vmoe_export.export import artifact_key
+    from vmoe_export.artifact_cache import artifact_key
     from vmoe_export.split import split_model
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from vmoe_export.backends import TARGETS, BackendUnavailable, get_backend
 from vmoe_export.bundle import BundleError, bundle_bytes, read_manifest
 from vmoe_export.checkpoint import load_checkpoint
 from vmoe_export.data import preprocess
-from vmoe_export.export import ExportOptions, export_bundle
+from vmoe_export.exporter import ExportOptions, export_bundle
 from vmoe_export.model import MobileVMoE, count_params
 from vmoe_export.parity import ParityBounds, ParityError
 from vmoe_export.runtime import BundleRuntime, ExpertCache, select_experts

@@ -245,7 +245,7 @@ def test_sigterm_during_export_cleans_up_and_says_so(tmp_path):
 
 
 def test_next_export_removes_only_partials_of_dead_exports(tmp_path, tiny_onnx_bundle):
-    from vmoe_export.export import OWNER, remove_dead_partials
+    from vmoe_export.staging import OWNER, remove_dead_partials
 
     dead = subprocess.Popen(["true"])
     dead.wait()

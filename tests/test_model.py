@@ -3,7 +3,7 @@ import torch
 
 from conftest import tiny_config
 from vmoe_export.model import MobileVMoE, ModelConfig, active_params, count_params, list_configs, load_config, route
-from vmoe_export.train import loss_fn
+from vmoe_export.training import loss_fn
 
 
 @pytest.mark.parametrize("k", [1, 2])

@@ -80,7 +80,7 @@ def test_vmoe_predict_classifies_a_photo_like_image_like_the_stored_one(shipped_
 def test_training_reports_inverted_accuracy(tmp_path):
     from test_train import CFG, synthetic_dataset
 
-    from vmoe_export.train import run_training
+    from vmoe_export.training import run_training
 
     m = run_training(replace(tiny_config(), polarity="as-is"), synthetic_dataset(), replace(CFG, equal_compute=False),
                      tmp_path / "r")

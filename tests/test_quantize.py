@@ -19,9 +19,10 @@ from vmoe_export.backends import all_backends, describe
 from vmoe_export.bundle import bundle_bytes, read_manifest
 from vmoe_export.checkpoint import Checkpoint
 from vmoe_export.errors import BundleError, ConfigError
-from vmoe_export.export import ExportOptions, export_bundle
+from vmoe_export.exporter import ExportOptions, export_bundle
 from vmoe_export.model import MobileVMoE
-from vmoe_export.parity import ParityBounds, ParityError, reject_path
+from vmoe_export.parity import ParityBounds, ParityError
+from vmoe_export.staging import reject_path
 from vmoe_export.compare import MAX_SNR_DB, snr_db
 from vmoe_export.quantize import QuantOptions, plan, record_inputs
 from vmoe_export.runtime import BundleRuntime

@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_config, write_image_folder
 from vmoe_export.data import DataError
 from vmoe_export.stream import FileSplit, ImageFiles, load_dataset, train_batches
-from vmoe_export.train import TrainConfig, epoch_batches
+from vmoe_export.training import TrainConfig, epoch_batches
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_unreadable_image_is_replaced_and_counted(rgb_folder, tmp_path, capsys):
     import shutil
 
     from vmoe_export.model import MobileVMoE
-    from vmoe_export.train import _train_stage
+    from vmoe_export.training import _train_stage
 
     root = tmp_path / "f"
     shutil.copytree(rgb_folder, root)

@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config
 from vmoe_export.checkpoint import load_checkpoint
 from vmoe_export.data import Dataset, Split
-from vmoe_export.train import TrainConfig, _Interrupt, run_training
+from vmoe_export.training import TrainConfig, _Interrupt, run_training
 
 
 def synthetic_dataset(n=256, seed=0):
@@ -84,7 +84,7 @@ def test_equal_compute_twin_and_a_given_dense_checkpoint(tmp_path):
 
 def test_weight_decay_skips_biases_norms_and_position_embedding():
     from vmoe_export.model import MobileVMoE
-    from vmoe_export.train import param_groups
+    from vmoe_export.training import param_groups
 
     model = MobileVMoE(tiny_config())
     decay, no_decay = param_groups(model, 0.05)

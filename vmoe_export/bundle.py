@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from . import manifest as schema
+from .manifest import check as check_manifest, parse as parse_manifest
 from .manifest import GOLDEN  # noqa: F401 (re-exported)
 from .backends import REGISTRY, describe
 from .errors import BundleError
@@ -111,8 +111,8 @@ def read_manifest(bundle_dir: Path, expect_digest: str | None = None, require_pa
     if target not in REGISTRY:
         raise BundleError(f"{path}: target {target!r} is not one of {', '.join(REGISTRY)}")
     backend = describe(target)
-    m = schema.parse(manifest)
-    schema.check(m, backend.suffix, backend.runtime_unavailable(), require_parity)
+    m = parse_manifest(manifest)
+    check_manifest(m, backend.suffix, backend.runtime_unavailable(), require_parity)
     for entry in manifest["graphs"].values():
         safe_join(bundle_dir, entry["path"])
     return manifest

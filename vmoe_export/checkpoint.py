@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .tensor_digest import update_tensors
 from .errors import VmoeError
 from .config import MODELS_DIR, ModelConfig
 from .model import MobileVMoE
@@ -90,10 +91,7 @@ def content_digest(config: dict, state_dict: dict, class_names, superclass_of) -
     no tensor shape) is caught on load; metrics and optimizer state are not part of it."""
     h = hashlib.sha256(json.dumps({"config": config, "class_names": list(class_names), "superclass_of": superclass_of},
                                   sort_keys=True).encode())
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    update_tensors(h, ((key, state_dict[key]) for key in sorted(state_dict)))
     return h.hexdigest()
 
 

@@ -9,12 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, add_schedule_argument, build_side_missing,
-                       fail, interrupt_on_sigterm, quiet_converters, resolve_model, user_errors)
+                       fail, resolve_model, run_command)
 from .config import list_configs
 
 
 def train_parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(
@@ -68,14 +68,6 @@ def train_main(argv: list[str] | None = None) -> int:
     if (code := build_side_missing("vmoe-train")) is not None:
         return code
     args = train_parser().parse_args(argv)
-    quiet_converters()
-    interrupt_on_sigterm()
-    import torch
-
-    from .stream import load_dataset
-    from .config import load_config
-    from .train import TrainConfig, init_distributed, run_training
-
     errors = [n for n, v in (("--dense-epochs", args.dense_epochs), ("--moe-epochs", args.moe_epochs),
                              ("--batch-size", args.batch_size)) if v < 1]
     if errors:
@@ -84,42 +76,32 @@ def train_main(argv: list[str] | None = None) -> int:
         return fail("vmoe-train", "--holdout-fraction must be between 0 and 1")
     if args.router_weight < 0 or args.lr <= 0:
         return fail("vmoe-train", "--router-weight must be >= 0 and --lr > 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        model_cfg = load_config(args.config)
-        out = args.out or Path("runs") / model_cfg.name
-        if (out / "model.pt").exists() and not args.overwrite:
-            raise FileExistsError(f"{out} already holds a finished run (model.pt); pass --overwrite or another --out")
-        if args.workers is not None and args.workers < 0:
-            raise ValueError("--workers must be 0 or more")
-        dataset = load_dataset(args.data_dir, model_cfg.image_size, model_cfg.in_chans, loader=args.data_loader,
-                               workers=args.workers)
-        if dataset.skipped:
-            print(f"vmoe-train: {dataset.skipped_note()}", file=sys.stderr)
-        cfg = TrainConfig(
-            dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, router_weight=args.router_weight,
-            holdout_fraction=args.holdout_fraction, seed=args.seed, augment=not args.no_augment,
-            train_limit=args.train_limit, moe_init=args.moe_init, equal_compute=not args.no_equal_compute,
-            dense_checkpoint=str(args.dense_checkpoint or ""),
-        )
-        init_distributed()
-        command = shlex.join(["vmoe-train", *(sys.argv[1:] if argv is None else argv)])
-        run_training(model_cfg, dataset, cfg, out, command=command)
-    except user_errors() as e:
-        return fail("vmoe-train", str(e))
-    except KeyboardInterrupt:
-        return fail("vmoe-train", "interrupted; rerun the same command to resume from the last finished epoch")
-    return 0
+
+    def body():
+        from .api import train as api_train
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        api_train(args.config, args.out, data=args.data_dir, data_loader=args.data_loader, workers=args.workers,
+                  overwrite=args.overwrite, command=shlex.join(["vmoe-train", *(sys.argv[1:] if argv is None else argv)]),
+                  progress=lambda line: print(f"vmoe-train: {line}", file=sys.stderr),
+                  dense_epochs=args.dense_epochs, moe_epochs=args.moe_epochs, batch_size=args.batch_size, lr=args.lr,
+                  weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, router_weight=args.router_weight,
+                  holdout_fraction=args.holdout_fraction, seed=args.seed, augment=not args.no_augment,
+                  train_limit=args.train_limit, moe_init=args.moe_init, equal_compute=not args.no_equal_compute,
+                  dense_checkpoint=str(args.dense_checkpoint or ""))
+
+    return run_command("vmoe-train", body, "interrupted; rerun the same command to resume from the last finished epoch")
 
 
 def export_parser() -> argparse.ArgumentParser:
     from .backends import TARGETS, all_backends
-    from .export import ExportOptions
+    from .exporter import ExportOptions
     from .parity import MIN_SNR_DB, ParityBounds
 
-    from .export import FP32_PARITY_IMAGES, QUANTIZED_PARITY_IMAGES
+    from .plan import FP32_PARITY_IMAGES, QUANTIZED_PARITY_IMAGES
     from .quantize import CALIBRATION, MODES, ROUTER_PRECISION, QuantOptions
 
     b, qb, o, q = ParityBounds(), ParityBounds.quantized("dynamic-int8"), ExportOptions(), QuantOptions()
@@ -186,91 +168,33 @@ def export_main(argv: list[str] | None = None) -> int:
     if (code := build_side_missing("vmoe-export")) is not None:
         return code
     args = export_parser().parse_args(argv)
-    quiet_converters()
-    interrupt_on_sigterm()
-    if args.parity_images is not None and args.parity_images < 1:
-        return fail("vmoe-export", "--parity-images must be at least 1: every export is validated")
-    from .backends import TARGETS, get_backend
-    from .bundle import DIGEST, bundle_bytes, read_manifest
-    from .data import calibration_split, eval_split
-    from .export import ExportOptions, check_output_dir, export_bundle, make_plan, resolve_schedule
-    from .parity import ParityBounds, ParityError
-    from .quantize import QuantOptions
 
-    targets = list(TARGETS) if args.target == "all" else [args.target]
-    try:
-        backends = [get_backend(t) for t in targets]  # fail before any work when a backend package is missing
-        quant = QuantOptions(args.quantize, args.calibration_images, args.calibration, args.min_calibration_samples,
-                             args.router_precision)
-        backend_options = {b.name: b.options_from_args(args) for b in backends if b.options_from_args}
-        # An unsupported mode fails here, before any work. With --target all, targets that do not offer the mode
-        # are skipped (and named), so `--target all --quantize dynamic-int8` builds every bundle that exists.
-        for bk in backends:
-            if args.target == "all" and quant.mode not in bk.quantization:
-                print(f"vmoe-export: {bk.name}: skipped: it has no {quant.mode} mode (it supports: "
-                      f"{', '.join(bk.quantization)})", file=sys.stderr)
-                targets.remove(bk.name)
-                continue
-            bk.check_quantization(quant.mode, bk.make_options(backend_options.get(bk.name)))
-        # Each mode has its own bounds; --min-routing-agreement, when given, overrides either default.
-        bounds = (ParityBounds.quantized(quant.mode, max_accuracy_drop=args.max_accuracy_drop / 100) if quant.quantized
+    def body():
+        from .api import export as api_export
+        from .backends import TARGETS, get_backend
+        from .parity import ParityBounds
+
+        targets = "all" if args.target == "all" else [args.target]
+        names = list(TARGETS) if targets == "all" else targets
+        # A backend's own flags become its typed options (before any work; a missing package fails here).
+        backend_options = {t: get_backend(t).options_from_args(args) for t in names if get_backend(t).options_from_args}
+        # Flags that were not given keep the plan's per-mode defaults.
+        bounds = (ParityBounds.quantized(args.quantize, max_accuracy_drop=args.max_accuracy_drop / 100)
+                  if args.quantize != "none"
                   else ParityBounds(max_logit_diff=args.max_logit_diff, min_top1_agreement=args.min_top1_agreement))
         if args.min_snr_db is not None:
             bounds = replace(bounds, min_snr_db=args.min_snr_db)
         if args.min_routing_agreement is not None:
             bounds = replace(bounds, min_routing_agreement=args.min_routing_agreement)
-        check_output_dir(args.output)
-        ckpt = resolve_model(args)
-        cfg = ckpt.config
-        if not cfg.is_moe:
-            raise ValueError(f"model '{cfg.name}' is dense (moe_layers=0): export an MoE checkpoint (model.pt from "
-                             "vmoe-train) or an MoE config")
-        schedule = resolve_schedule(args.schedule, cfg.top_k, quant)  # refuse fused + k>1 or int8 before any work
-        data = eval_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size, cfg.in_chans)
-        test = data.split
-        options = ExportOptions(
-            eval_data={"kind": data.kind, "description": data.description}, schedule=schedule,
-            parity_images=args.parity_images, bounds=bounds, quant=quant,
-            golden_images=args.golden_images, progress=not args.quiet, backend_options=backend_options,
-        )
-        calibration, plans, plan_of = None, {}, {}
-        if quant.calibrated:
-            split, what = calibration_split(args.data_dir, ckpt.metrics.get("dataset", "fashion-mnist"), cfg.image_size,
-                                            cfg.in_chans, quant.calibration_images)
-            calibration = split.images
-            print(f"calibration: {what}", file=sys.stderr)
-            # One calibration pass per strategy, shared by the targets that use it: the fp32 model's routing does
-            # not depend on the backend.
-            from .split import split_model
+        # Every line the export reports (skips, calibration, each parity report, each bundle written) to
+        # stdout as it happens; a failed target ends the command with its error after the others are published.
+        api_export(resolve_model(args), targets, args.output, quantize=args.quantize, schedule=args.schedule,
+                   data=args.data_dir, parity_images=args.parity_images, bounds=bounds, calibration=args.calibration,
+                   calibration_images=args.calibration_images, min_calibration_samples=args.min_calibration_samples,
+                   router_precision=args.router_precision, golden_images=args.golden_images,
+                   backend_options=backend_options, progress=print, progress_bars=not args.quiet)
 
-            model = ckpt.build_model()
-            for b in backends:
-                if b.name in targets:
-                    q = quant.for_backend(b.calibration)
-                    if q.calibration not in plans:
-                        plans[q.calibration] = make_plan(ckpt, split_model(model), model.schedule, q, calibration,
-                                                         log=lambda s: print(s, file=sys.stderr))
-                    plan_of[b.name] = plans[q.calibration]
-        failed = []
-        for t in targets:
-            try:
-                path, _ = export_bundle(ckpt, t, args.output, test.images, test.labels, options,
-                                        calibration_images=calibration,
-                                        plan=plan_of.get(t))
-                m = read_manifest(path)
-                total = bundle_bytes(m)
-                digest = (path / DIGEST).read_text().strip()
-                print(f"{t}: wrote {path} ({total / 1e6:.2f} MB, {len(m['graphs'])} graphs, {m['export_seconds']:.1f}s); "
-                      f"manifest digest {digest} (pin it: vmoe-predict --expect-digest {digest})")
-            except ParityError as e:
-                failed.append(str(e))
-        if failed:
-            return fail("vmoe-export", "\n".join(failed))
-    except user_errors() as e:
-        return fail("vmoe-export", str(e))
-    except KeyboardInterrupt:
-        return fail("vmoe-export", "interrupted; no partial bundle was published")
-    return 0
+    return run_command("vmoe-export", body, "interrupted; no partial bundle was published")
 
 
 def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
@@ -303,19 +227,17 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
 
 def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> int:
     args = predict_parser(prog).parse_args(argv)
-    quiet_converters()
-    interrupt_on_sigterm()
-    import json
 
-    from .backends import RunOptions
-    from .runtime import BundleRuntime, preprocess_image
+    def body():
+        import json
 
-    try:
-        rt = BundleRuntime(args.bundle, args.max_experts, args.max_bytes, RunOptions(threads=args.threads),
-                           expect_digest=args.expect_digest, verify=args.verify, self_test=not args.no_self_test)
+        from .api import load as api_load
+
+        rt = api_load(args.bundle, threads=args.threads, max_experts=args.max_experts, max_bytes=args.max_bytes,
+                      expect_digest=args.expect_digest, verify=args.verify, self_test=not args.no_self_test)
         m = rt.manifest
         for path in args.images:
-            pred = rt.predict(preprocess_image(path, m))
+            pred = rt.classify(path)
             name = m["class_names"][pred.label]
             sc = [", ".join(m["experts"][e]["superclass"]) for e in pred.experts]
             if args.json:
@@ -325,11 +247,8 @@ def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> i
                 stages = " ".join(f"{k}={v:.2f}" for k, v in pred.timings_ms.items())
                 routed = "; ".join(f"expert {e} (gate {g:.2f}: {s})" for e, g, s in zip(pred.experts, pred.gates, sc))
                 print(f"{path}: {name} | routed to {routed} | ms: {stages}")
-    except user_errors() as e:
-        return fail(prog, str(e))
-    except KeyboardInterrupt:
-        return fail(prog, "interrupted")
-    return 0
+
+    return run_command(prog, body)
 
 
 def verify_parser() -> argparse.ArgumentParser:
@@ -358,39 +277,26 @@ def verify_parser() -> argparse.ArgumentParser:
 
 def verify_main(argv: list[str] | None = None) -> int:
     args = verify_parser().parse_args(argv)
-    quiet_converters()
-    interrupt_on_sigterm()
-    import json
-
-    from .backends import RunOptions
-    from .runtime import BundleRuntime
-    from .verify import check_images, format_report, self_test
-
     prog = "vmoe-export verify"
-    if args.reference is not None and args.images is None:
-        return fail(prog, "--reference compares on --images: pass --images DIR too")
-    try:
-        rt = BundleRuntime(args.bundle, run=RunOptions(threads=args.threads), expect_digest=args.expect_digest,
-                           self_test=False)  # run below, to report the figures rather than raise
-        report = self_test(rt)
-        extra = None
-        if args.images is not None:
-            ref = None
-            if args.reference is not None:
-                ref = BundleRuntime(args.reference, run=RunOptions(threads=args.threads))
-            extra = check_images(rt, args.images, ref)
+
+    def body():
+        import json
+
+        from .api import verify as api_verify
+        from .selftest import format_report
+
+        result = api_verify(args.bundle, expect_digest=args.expect_digest, threads=args.threads, images=args.images,
+                            reference=args.reference, check=False)
+        report, extra = result.report, result.images
         if args.json:
-            print(json.dumps({"bundle": str(args.bundle), "target": rt.target, **report.to_json(),
+            print(json.dumps({"bundle": str(args.bundle), "target": result.target, **report.to_json(),
                               **({"images": extra} if extra else {})}, indent=1))
         else:
-            print(f"{args.bundle} ({rt.target}, {rt.manifest['quantization']['mode']}, {rt.schedule.kind} schedule)")
+            print(f"{args.bundle} ({result.target}, {result.quantization}, {result.schedule} schedule)")
             print("\n".join(format_report(report)))
             if extra:
                 print(extra["summary"])
         if not report.passed:
             return fail(prog, f"{args.bundle}: " + "; ".join(report.failures))
-    except user_errors() as e:
-        return fail(prog, str(e))
-    except KeyboardInterrupt:
-        return fail(prog, "interrupted")
-    return 0
+
+    return run_command(prog, body)

@@ -3,6 +3,7 @@ choice of evaluation images. Below cli.py and bench/cli.py, so neither imports t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -18,18 +19,21 @@ def interrupt_on_sigterm() -> None:
     writing, prints one line and exits 2, instead of dying silently mid-write."""
     import signal
 
-    from . import interrupt
+    from .interrupt import request, stop_requested
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: interrupt.request())
+    signal.signal(signal.SIGTERM, lambda signum, frame: request())
     default_hook = sys.unraisablehook
 
     def hook(unraisable):
         # A stop that landed inside a finalizer is swallowed there by Python; interrupt.check() honours it at
         # the next safe point, so its "Exception ignored in ..." traceback is noise, not a failure.
-        if not (interrupt.requested and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+        if not (stop_requested() and isinstance(unraisable.exc_value, KeyboardInterrupt)):
             default_hook(unraisable)
 
     sys.unraisablehook = hook
+
+
+_NOISY_LOGGERS = ("torchao", "torch.onnx", "torch.utils._pytree")
 
 
 def quiet_converters() -> None:
@@ -43,8 +47,28 @@ def quiet_converters() -> None:
 
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
-    for name in ("torchao", "torch.onnx", "torch.utils._pytree"):
+    for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def converters_quiet():
+    """quiet_converters for the length of one API call, then the caller's warning filters and log levels back
+    (a library must not change a notebook's settings for good)."""
+    import logging
+    import warnings
+
+    import torch  # noqa: F401 (importing torch resets its loggers' levels: set ours after it)
+
+    loggers = {name: logging.getLogger(name) for name in _NOISY_LOGGERS}
+    levels = {name: lg.level for name, lg in loggers.items()}
+    with warnings.catch_warnings():
+        quiet_converters()
+        try:
+            yield
+        finally:
+            for name, lg in loggers.items():
+                lg.setLevel(levels[name])
 
 
 def build_side_missing(prog: str) -> int | None:
@@ -57,6 +81,25 @@ def build_side_missing(prog: str) -> int | None:
         return None
     return fail(prog, f"{prog} needs the build side ({', '.join(missing)} not installed): pip install 'vmoe-export[export]' "
                 "(this install runs and verifies bundles: vmoe-predict, vmoe-export verify)")
+
+
+def run_command(prog: str, body, interrupted: str = "interrupted") -> int:
+    """The start-up and error handling every command shares: converter noise filtered, SIGTERM turned into a
+    clean stop, expected failures (user_errors) as one `error:` line and exit 2, Ctrl-C / SIGTERM as one line
+    saying what was left behind. `body()` does the work and returns the exit code (None: 0)."""
+    quiet_converters()
+    interrupt_on_sigterm()
+    try:
+        return body() or 0
+    except user_errors() as e:
+        return fail(prog, str(e))
+    except KeyboardInterrupt:
+        return fail(prog, interrupted)
+
+
+def to_stderr(line: str) -> None:
+    """The commands' progress callback for the API: each line to stderr, results stay on stdout."""
+    print(line, file=sys.stderr)
 
 
 def fail(prog: str, msg: str) -> int:

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from . import schedule as sched
+from .schedule import EXPERT_OUT, GATE, HIDDEN, IMAGES, LOGITS, ROUTER_LOGITS, TOKENS, TOKENS_OUT
 from .errors import ConfigError
 
 # models/ sits beside the package in a source checkout (the README installs it editable);
@@ -114,15 +114,15 @@ class ModelConfig:
 
     def tensor_shape(self, name: str) -> tuple[int, ...]:
         """Batch-1 shape of a tensor the schedule names."""
-        if name == sched.IMAGES:
+        if name == IMAGES:
             return (1, self.in_chans, self.image_size, self.image_size)
-        if name in (sched.TOKENS, sched.TOKENS_OUT, sched.HIDDEN, sched.EXPERT_OUT):
+        if name in (TOKENS, TOKENS_OUT, HIDDEN, EXPERT_OUT):
             return (1, self.num_patches, self.embed_dim)
-        if name == sched.ROUTER_LOGITS:
+        if name == ROUTER_LOGITS:
             return (1, self.num_experts)
-        if name == sched.GATE:
+        if name == GATE:
             return (1, 1)
-        if name == sched.LOGITS:
+        if name == LOGITS:
             return (1, self.num_classes)
         raise KeyError(f"unknown tensor {name!r}")
 

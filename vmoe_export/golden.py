@@ -2,7 +2,7 @@
 
 Two readers. The apps' core tests reproduce them exactly (so for a quantized bundle the cases hold the
 bundle's own outputs on the export machine, and fp32 PyTorch's values apart, under `reference`). The
-self-test (verify.py) runs them on the machine that opens the bundle and compares every stage with fp32
+self-test (selftest.py) runs them on the machine that opens the bundle and compares every stage with fp32
 PyTorch within the tolerances recorded here, which this export measured on these very images through
 the real runtime (or, where no runtime runs here, the mode's parity floor).
 """
@@ -19,7 +19,7 @@ from .machine import cpu_info
 from .parity import MIN_SNR_DB, reference_traces
 from .schedule import Schedule, layer_output
 from .split import Graph
-from .verify import GOLDEN_FORMAT, SELF_TEST_MARGIN_DB, pack, self_test
+from .selftest import GOLDEN_FORMAT, SELF_TEST_MARGIN_DB, pack, self_test
 
 FP32_MIN_ABS_DIFF = 1e-4  # fp32 stages may differ by kernel summation order; never bound tighter than this
 FP32_DIFF_FACTOR = 100.0  # ... or than 100x what the export machine measured

@@ -17,3 +17,7 @@ def request() -> None:
 def check() -> None:
     if requested:
         raise KeyboardInterrupt
+
+
+def stop_requested() -> bool:
+    return requested

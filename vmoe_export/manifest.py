@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from .errors import BundleError, ConfigError
 from .config import LIMITS, POLARITIES, ModelConfig
-from .precision import MODES, ROUTER_PRECISION
+from .precision import MODES, ROUTER_PRECISION, graph_mode
 from .schedule import KINDS, ROLES, Schedule, ScheduleError, artifact_relpath
 
 MAX_GRAPHS = 4096
@@ -262,7 +262,7 @@ def _check_quantization(m: Manifest) -> None:
     if (q.mode == "none") != (q.router is None) or (q.calibration is not None) != (q.mode == "static-int8"):
         raise ManifestError(f"manifest quantization block {q.model_dump()} is inconsistent: re-export the bundle")
     for name, g in m.graphs.items():
-        want = "none" if q.mode == "none" or (g.role == "router" and q.router == "fp32") else q.mode
+        want = graph_mode(q.mode, q.router, g.role)
         got = g.quantization.mode if g.quantization is not None else "none"
         if got != want:
             raise ManifestError(f"graph {name}: quantization {got!r} but the bundle's quantization block says {want!r}: "

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import schedule as sched
+from .schedule import ROUTER_LOGITS, GraphSpec, Schedule
 from .config import ModelConfig
 from .config import MODELS_DIR, list_configs, load_config  # noqa: F401 (where scripts and tests have always found them)
 from .errors import ConfigError
@@ -137,9 +137,20 @@ class Router(nn.Module):
 
 
 def route(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (gates, expert indices), each B x k, gates = top-k of softmax over all experts."""
-    probs = router_logits.softmax(dim=-1)
-    gates, experts = probs.topk(k, dim=-1)
+    """Return (gates, expert indices), each B x k: the experts of the k largest router logits, ties to the lower
+    expert id, and their softmax probabilities over all E experts as gates. The choice is made on the logits
+    the router graph outputs, not on probabilities, so float32 and float64 softmax cannot break a near-tie
+    differently; runtime.select_experts and both app cores (Routing.selectExperts) apply the same rule."""
+    # Written as comparisons rather than sort(stable=True) or topk: every converter lowers these (the monolithic
+    # baseline exports this code), and topk's order among equal values is not specified.
+    logits = router_logits
+    idx = torch.arange(logits.shape[-1], device=logits.device)
+    above = logits[..., None, :] > logits[..., :, None]  # [..., i, j]: expert j ranks above expert i
+    tied_before = (logits[..., None, :] == logits[..., :, None]) & (idx[None, :] < idx[:, None])
+    rank = (above | tied_before).sum(-1)  # expert i's place in the order, 0 = first
+    at = rank[..., None, :] == torch.arange(k, device=logits.device)[:, None]  # [..., place, expert]
+    experts = (at * idx).sum(-1)  # exactly one expert holds each place
+    gates = logits.softmax(dim=-1).gather(-1, experts)
     return gates, experts
 
 
@@ -210,20 +221,20 @@ class MobileVMoE(nn.Module):
 
     # ---- the split protocol
     @property
-    def schedule(self) -> sched.Schedule:
+    def schedule(self) -> Schedule:
         """The per-layer schedule: one graph per weight set, so its graphs' parameters sum to the model's."""
         return self.schedule_of("per-layer")
 
-    def schedule_of(self, kind: str) -> sched.Schedule:
+    def schedule_of(self, kind: str) -> Schedule:
         c = self.cfg
-        return sched.Schedule.of_kind(kind, c.num_experts, c.moe_layers, c.top_k)
+        return Schedule.of_kind(kind, c.num_experts, c.moe_layers, c.top_k)
 
     def tensor_shape(self, name: str) -> tuple[int, ...]:
         return self.cfg.tensor_shape(name)
 
-    def graph_module(self, spec: sched.GraphSpec) -> nn.Module:
+    def graph_module(self, spec: GraphSpec) -> nn.Module:
         """The module computing one graph of the schedule, holding only that graph's weights."""
-        if spec.role == "trunk" and sched.ROUTER_LOGITS in spec.outputs:
+        if spec.role == "trunk" and ROUTER_LOGITS in spec.outputs:
             return GraphView(MobileVMoE.trunk_and_route, patch_embed=self.patch_embed, pos_embed=self.pos_embed,
                              blocks=self.blocks, router=self.router)
         if spec.role == "trunk":

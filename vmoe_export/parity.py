@@ -9,7 +9,7 @@ bundle is compared with the model through one chain: model -> split -> bundle.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +83,66 @@ def drop_above(lost: int, gained: int, n: int, bound: float) -> bool:
     return drop - Z_95 * np.sqrt(var) > bound
 
 
+CHECKS = ("logits_max_abs_diff", "top1_agreement", "routing_agreement", "accuracy_drop", "stage_snr_db", "artifact_spec")
+
+
+@dataclass(frozen=True)
+class ParityFailure:
+    """One bound a bundle missed: which check (one of CHECKS), what was measured, the bound, and the line a
+    person reads. stage: the graph or stage it concerns, where one does."""
+
+    check: str
+    measured: float | None
+    bound: float | None
+    message: str
+    stage: str | None = None
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """A bundle's parity result as recorded in its manifest (`parity`), typed. Accuracy fields are None on
+    unlabelled (synthetic) images; every figure is None when parity was skipped (no runtime on this OS)."""
+
+    status: str  # pass | fail | skipped
+    images: int = 0
+    top1_agreement: float | None = None
+    routing_agreement: float | None = None
+    logits_max_abs_diff: float | None = None
+    logits_snr_db: float | None = None
+    min_stage_snr_db: float | None = None
+    accuracy_delta: float | None = None
+    top1_accuracy: float | None = None
+    top1_accuracy_torch: float | None = None
+    stage_max_abs_diff: dict[str, float] = field(default_factory=dict)
+    stage_snr_db: dict[str, float] = field(default_factory=dict)
+    failures: tuple[ParityFailure, ...] = ()
+    reason: str | None = None  # why it was skipped
+    machine: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ParityReport":
+        return cls(status=d["status"], images=d.get("images", 0), top1_agreement=d.get("top1_agreement"),
+                   routing_agreement=d.get("routing_agreement"), logits_max_abs_diff=d.get("logits_max_abs_diff"),
+                   logits_snr_db=d.get("logits_snr_db"), min_stage_snr_db=d.get("min_stage_snr_db"),
+                   accuracy_delta=d.get("accuracy_delta"), top1_accuracy=d.get("top1_accuracy_backend"),
+                   top1_accuracy_torch=d.get("top1_accuracy_torch"),
+                   stage_max_abs_diff=dict(d.get("stage_max_abs_diff", {})), stage_snr_db=dict(d.get("stage_snr_db", {})),
+                   failures=tuple(ParityFailure(**f) for f in d.get("failed_checks", ())), reason=d.get("reason"),
+                   machine=d.get("machine"))
+
+
 class ParityError(VmoeError):
-    """An exported bundle that disagrees with PyTorch beyond the configured bounds."""
+    """An exported bundle that disagrees with PyTorch beyond the configured bounds. `failures` says which
+    bounds (typed, like Optimum's AtolError / OutputMatchError), `rejected` where the bundle was kept."""
+
+    def __init__(self, message: str, target: str | None = None, failures: tuple[ParityFailure, ...] = (),
+                 rejected: Path | None = None):
+        super().__init__(message)
+        self.target, self.failures, self.rejected = target, tuple(failures), rejected
 
 
 def reference_traces(model, graphs: list[Graph], schedule: Schedule, images: torch.Tensor) -> list[dict[str, np.ndarray]]:
@@ -150,21 +208,32 @@ def check_bundle(runtime, model, graphs: list[Graph], images: torch.Tensor, labe
         report["accuracy_delta"] = (correct - correct_torch) / n
     failures = []
     if bounds.max_logit_diff is not None and report["logits_max_abs_diff"] > bounds.max_logit_diff:
-        failures.append(f"logits max abs diff {report['logits_max_abs_diff']:.2e} > {bounds.max_logit_diff:.0e}")
+        failures.append(ParityFailure("logits_max_abs_diff", report["logits_max_abs_diff"], bounds.max_logit_diff,
+                                      f"logits max abs diff {report['logits_max_abs_diff']:.2e} > {bounds.max_logit_diff:.0e}"))
     if bounds.min_top1_agreement is not None and rate_below(top1_same, n, bounds.min_top1_agreement):
-        failures.append(f"top-1 agreement {report['top1_agreement']:.4f} < {bounds.min_top1_agreement} on {n} images")
+        failures.append(ParityFailure("top1_agreement", report["top1_agreement"], bounds.min_top1_agreement,
+                                      f"top-1 agreement {report['top1_agreement']:.4f} < {bounds.min_top1_agreement} on {n} images"))
     if rate_below(route_same, n, bounds.min_routing_agreement):
-        failures.append(f"routing agreement {report['routing_agreement']:.4f} < {bounds.min_routing_agreement} on {n} images")
+        failures.append(ParityFailure("routing_agreement", report["routing_agreement"], bounds.min_routing_agreement,
+                                      f"routing agreement {report['routing_agreement']:.4f} < {bounds.min_routing_agreement} on {n} images"))
     if labelled and bounds.max_accuracy_drop is not None and drop_above(lost, gained, n, bounds.max_accuracy_drop):
-        failures.append(f"accuracy drops {-100 * report['accuracy_delta']:.2f} points > {100 * bounds.max_accuracy_drop:.2f} "
-                        f"on {n} images (--max-accuracy-drop)")
+        failures.append(ParityFailure("accuracy_drop", -report["accuracy_delta"], bounds.max_accuracy_drop,
+                                      f"accuracy drops {-100 * report['accuracy_delta']:.2f} points > "
+                                      f"{100 * bounds.max_accuracy_drop:.2f} on {n} images (--max-accuracy-drop)"))
     if bounds.min_snr_db is not None and report["min_stage_snr_db"] < bounds.min_snr_db:
         worst = min(report["stage_snr_db"], key=report["stage_snr_db"].get)
-        failures.append(f"{worst} SNR {report['min_stage_snr_db']:.1f} dB < {bounds.min_snr_db:.1f} dB (--min-snr-db)")
+        failures.append(ParityFailure("stage_snr_db", report["min_stage_snr_db"], bounds.min_snr_db,
+                                      f"{worst} SNR {report['min_stage_snr_db']:.1f} dB < {bounds.min_snr_db:.1f} dB "
+                                      "(--min-snr-db)", stage=worst))
     if failures:
         report["status"] = "fail"
-        report["failures"] = failures
+        _record(report, failures)
     return report
+
+
+def _record(report: dict, failures: list["ParityFailure"]) -> None:
+    report["failures"] = [f.message for f in failures]  # what people and the apps read
+    report["failed_checks"] = [asdict(f) for f in failures]  # what ParityReport.failures is built from
 
 
 def verify_specs(backend, bundle_dir: Path, manifest: dict, reason: str) -> dict:
@@ -180,9 +249,10 @@ def verify_specs(backend, bundle_dir: Path, manifest: dict, reason: str) -> dict
             backend.check_artifact(safe_join(bundle_dir, entry["path"]), GraphIO.from_manifest(entry))
             report["spec_verified_graphs"] += 1
         except ValueError as e:
-            failures.append(f"{name}: {e}")
+            failures.append(ParityFailure("artifact_spec", None, None, f"{name}: {e}", stage=name))
     if failures:
-        report.update(status="fail", failures=failures)
+        report["status"] = "fail"
+        _record(report, failures)
     return report
 
 
@@ -204,7 +274,3 @@ def format_report(target: str, report: dict) -> str:
     if report.get("failures"):
         line += "\n  failed: " + "; ".join(report["failures"])
     return line
-
-
-def reject_path(out_dir: Path, target: str) -> Path:
-    return Path(out_dir) / f"{target}.rejected"

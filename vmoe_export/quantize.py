@@ -21,21 +21,22 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import ConfigError
-from .precision import CALIBRATION, MODES, ROUTER_PRECISION  # noqa: F401 (re-exported)
+from .precision import CALIBRATION, MODES, ROUTER_PRECISION, Calibration, Mode, RouterPrecision, graph_mode  # noqa: F401 (re-exported)
 from .schedule import MoELayer, Schedule, execute
 from .split import Graph, torch_select
+from .tensor_digest import update_tensors
 
 
 
 @dataclass(frozen=True)
 class QuantOptions:
-    mode: str = "none"
+    mode: str = Mode.NONE
     calibration_images: int = 256  # drawn from the training split, never the parity images
-    calibration: str = "auto"  # routed: each expert on its routed images; all: every expert on every image
+    calibration: str = Calibration.AUTO  # routed: each expert on its routed images; all: every expert on every image
     min_samples: int = 16  # fewer routed calibration images than this: the expert calibrates on all images
     # The router decides which experts run; a quantized router can flip them. fp32 was chosen from the
     # routing-agreement ablation in benchmarks/results/quantization.md.
-    router: str = "fp32"
+    router: str = RouterPrecision.FP32
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("quantize", self.mode, MODES), ("calibration", self.calibration, CALIBRATION),
@@ -49,31 +50,29 @@ class QuantOptions:
         """These options with 'auto' calibration resolved to the backend's own default."""
         from dataclasses import replace
 
-        return replace(self, calibration=default_calibration) if self.calibration == "auto" else self
+        return replace(self, calibration=default_calibration) if self.calibration == Calibration.AUTO else self
 
     @property
     def quantized(self) -> bool:
-        return self.mode != "none"
+        return self.mode != Mode.NONE
 
     @property
     def calibrated(self) -> bool:
-        return self.mode == "static-int8"
+        return self.mode == Mode.STATIC_INT8
 
 
 @dataclass(frozen=True)
 class GraphQuant:
     """How one graph is converted. `samples`: calibration inputs, one tuple per sample (batch 1)."""
 
-    mode: str = "none"
+    mode: str = Mode.NONE
     samples: tuple[tuple[torch.Tensor, ...], ...] = field(default=(), repr=False, compare=False)
     calibration: dict | None = None  # what the manifest records: {"source": ..., "samples": n}
 
     def key(self) -> str:
         """Identifies the conversion for the artifact cache: the mode and the calibration data itself."""
         h = hashlib.sha256(self.mode.encode())
-        for sample in self.samples:
-            for t in sample:
-                h.update(t.detach().contiguous().numpy().tobytes())
+        update_tensors(h, ((f"{i}.{j}", t) for i, sample in enumerate(self.samples) for j, t in enumerate(sample)))
         return h.hexdigest()
 
 
@@ -109,22 +108,22 @@ def plan(graphs: list[Graph], schedule: Schedule, options: QuantOptions, calibra
     static-int8."""
     if not options.quantized:
         return {g.name: FP32 for g in graphs}
-    mode_of = {g.name: ("none" if g.role == "router" and options.router == "fp32" else options.mode) for g in graphs}
+    mode_of = {g.name: graph_mode(options.mode, options.router, g.role) for g in graphs}
     if not options.calibrated:
         return {g.name: GraphQuant(mode_of[g.name]) for g in graphs}
-    if options.calibration == "auto":
+    if options.calibration == Calibration.AUTO:
         raise ValueError("resolve 'auto' calibration with QuantOptions.for_backend before planning")
     if calibration is None or len(calibration) == 0:
         raise ConfigError("static-int8 needs calibration images (from the training split)")
     seen, layer_hidden = record_inputs(graphs, schedule, calibration)
     out = {}
     for g in graphs:
-        if mode_of[g.name] == "none":
+        if mode_of[g.name] == Mode.NONE:
             out[g.name] = FP32
             continue
         samples, source = seen[g.name], "all-images"
         if g.role == "expert":
-            if options.calibration == "all":
+            if options.calibration == Calibration.ALL:
                 samples, source = layer_hidden[g.spec.layer], "all-images (ablation: every expert on every image)"
             elif len(samples) >= options.min_samples:
                 source = "routed"

@@ -4,7 +4,7 @@ The runtime executes the schedule stored in the manifest (vmoe_export.schedule.e
 the backend's runners as graphs: the shared graphs (trunk, router, attention, head) are loaded
 up front; an expert (its per-layer graphs) is loaded on first use and kept in an LRU cache
 bounded by a count and/or a byte budget (artifact bytes, the memory a device maps for them).
-Before a runtime is handed out it runs the bundle's golden vectors on this machine (verify.py).
+Before a runtime is handed out it runs the bundle's golden vectors on this machine (selftest.py).
 The apps' cores mirror this file.
 """
 
@@ -23,8 +23,8 @@ from .graphio import GraphIO
 from .machine import describe
 from .preprocess import preprocess_image as _preprocess_image
 from .schedule import Schedule, execute
-from .verify import SelfTestError, SelfTestReport
-from .verify import self_test as run_self_test
+from .selftest import SelfTestError, SelfTestReport
+from .selftest import self_test as run_self_test
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -33,10 +33,11 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def select_experts(router_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(expert ids, gates) for one image: top-k of the softmax, ties to the lower id (as torch.topk)."""
-    probs = softmax(router_logits.astype(np.float64).reshape(-1))
-    order = np.argsort(-probs, kind="stable")[:k]
-    return order, probs[order].astype(np.float32)
+    """(expert ids, gates) for one image: the k largest router logits, ties to the lower id, gated by their
+    softmax probabilities (model.route's rule, on the same float32 logits)."""
+    logits = router_logits.reshape(-1)
+    order = np.argsort(-logits, kind="stable")[:k]
+    return order, softmax(logits.astype(np.float64))[order].astype(np.float32)
 
 
 def min_byte_budget(manifest: dict) -> int:
@@ -185,6 +186,10 @@ class BundleRuntime:
 
     def expert_bytes(self, expert: int) -> int:
         return int(self.schedule.expert_total(self._sizes, expert))
+
+    def classify(self, path: Path) -> Prediction:
+        """Classify one image file (any format Pillow reads), preprocessed by the manifest's rule."""
+        return self.predict(preprocess_image(path, self.manifest))
 
     def predict(self, image: np.ndarray, trace: bool = False) -> Prediction:
         """Classify one preprocessed image (float32, the trunk's input shape, e.g. 1x1x28x28)."""

@@ -43,6 +43,15 @@ TOKENS_OUT, HIDDEN, EXPERT_OUT = "tokens_out", "hidden", "expert_out"
 GATE = "gate"  # the routed expert's gate as a (1, 1) tensor: the fused path's second input
 
 
+def check_kind(kind: str, top_k: int) -> None:
+    """Refuse a schedule kind that does not exist or would not be exact for a model routing to top_k experts."""
+    if kind not in KINDS:
+        raise ScheduleError(f"unknown schedule {kind!r}: use auto, per-layer or fused")
+    if kind == "fused" and top_k != 1:
+        raise ScheduleError(f"the fused schedule is exact only for top_k=1 (this model routes to {top_k} experts, "
+                            "mixed inside every MoE layer); use --schedule per-layer or auto")
+
+
 def attention_graph(layer: int) -> str:
     return f"moe{layer}_attn"
 
@@ -142,14 +151,8 @@ class Schedule:
     @classmethod
     def of_kind(cls, kind: str, num_experts: int, moe_layers: int, top_k: int) -> "Schedule":
         """The schedule `kind` (one of KINDS) for a model."""
-        if kind == "per-layer":
-            return cls.per_layer(num_experts, moe_layers, top_k)
-        if kind == "fused":
-            if top_k != 1:
-                raise ScheduleError(f"the fused schedule is exact only for top_k=1 (this model routes to {top_k} "
-                                    "experts, mixed inside every MoE layer); use the per-layer schedule")
-            return cls.fused(num_experts, moe_layers)
-        raise ScheduleError(f"unknown schedule kind {kind!r}; one of {', '.join(KINDS)}")
+        check_kind(kind, top_k)
+        return cls.fused(num_experts, moe_layers) if kind == "fused" else cls.per_layer(num_experts, moe_layers, top_k)
 
     # ---- derived facts
     @property

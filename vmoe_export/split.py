@@ -84,7 +84,7 @@ def split_model(model: SplittableModel, schedule: Schedule | None = None) -> lis
 
 
 def torch_select(k: int):
-    """The schedule's expert selection for one image in torch (ties to the lower id, as torch.topk)."""
+    """The schedule's expert selection for one image in torch (model.route: ties to the lower id)."""
 
     def select(router_logits: torch.Tensor):
         gates, experts = route(router_logits, k)

@@ -16,4 +16,7 @@ kotlinc -nowarn -cp "$build/core.jar:$cp" "$here"/src/test/kotlin/dev/vmoe/core/
 test -f "$build/tests.jar"
 kotlin_lib=$(dirname "$(readlink -f "$(command -v kotlinc)")")/../lib
 stdlib=$(ls /usr/share/java/kotlin-stdlib.jar 2>/dev/null || ls "$kotlin_lib"/kotlin-stdlib.jar)
-java -Dvmoe.bundle="$bundle" -Dvmoe.fusedBundle="$fused" -cp "$build/core.jar:$build/tests.jar:$cp:$stdlib" org.junit.runner.JUnitCore dev.vmoe.core.CoreTest
+# The routing rule's tie cases, shared with the Python and Swift tests (absent when the app is copied alone).
+ties="$here/../../tests/data/routing_ties.json"
+[ -f "$ties" ] || ties=""
+java -Dvmoe.bundle="$bundle" -Dvmoe.fusedBundle="$fused" -Dvmoe.routingTies="$ties" -cp "$build/core.jar:$build/tests.jar:$cp:$stdlib" org.junit.runner.JUnitCore dev.vmoe.core.CoreTest

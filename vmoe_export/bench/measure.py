@@ -127,7 +127,7 @@ def bench_bundle(bundle: Path, images: list[np.ndarray], s: BenchSettings) -> di
 def bench_single_graph(target: str, graph: Graph, x: np.ndarray, s: BenchSettings, workdir: Path,
                        cache: Path | None = None) -> dict:
     """Export one graph with the backend's defaults (or take it from `cache`), then time it on `x`."""
-    from ..export import convert
+    from ..exporter import convert
 
     backend = get_backend(target)
     path = workdir / f"{graph.name}{backend.suffix}"

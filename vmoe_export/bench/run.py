@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..backends import package_version
 from ..bundle import read_manifest
 from ..data import preprocess

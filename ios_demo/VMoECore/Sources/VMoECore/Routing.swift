@@ -35,10 +35,12 @@ public enum Routing {
         return e.map { $0 / s }
     }
 
-    /// Top-k of softmax(router logits), highest first, ties to the lower id; gates not renormalised (V-MoE).
+    /// The experts of the k largest router logits, highest first, ties to the lower id (chosen on the float32
+    /// logits, as vmoe_export.model.route); gates are their softmax probabilities, not renormalised (V-MoE).
     public static func selectExperts(_ routerLogits: [Float], k: Int) -> (experts: [Int], gates: [Float]) {
         let p = softmax(routerLogits)
-        let order = p.indices.sorted { p[$0] != p[$1] ? p[$0] > p[$1] : $0 < $1 }.prefix(k)
+        let x = routerLogits
+        let order = x.indices.sorted { x[$0] != x[$1] ? x[$0] > x[$1] : $0 < $1 }.prefix(k)
         return (Array(order), order.map { Float(p[$0]) })
     }
 

@@ -35,12 +35,18 @@ object Routing {
         return exps.map { it / sum }.toDoubleArray()
     }
 
-    /** Top-k experts of softmax(router logits), highest first, ties to the lower id; gates are the
-     *  selected probabilities, not renormalised (V-MoE). */
+    /** The experts of the k largest router logits, highest first, ties to the lower id (chosen on the
+     *  float32 logits, as vmoe_export.model.route); gates are their softmax probabilities, not renormalised
+     *  (V-MoE). Primitive comparisons, so -0.0 and 0.0 tie as they do in Python. */
     fun selectExperts(routerLogits: FloatArray, k: Int): Pair<IntArray, FloatArray> {
         require(k in 1..routerLogits.size) { "k=$k outside 1..${routerLogits.size}" }
         val probs = softmax(routerLogits)
-        val order = probs.indices.sortedWith(compareBy<Int>({ -probs[it] }, { it })).take(k)
+        val higherFirst = Comparator<Int> { a, b ->
+            val x = routerLogits[a]
+            val y = routerLogits[b]
+            if (x > y) -1 else if (x < y) 1 else a - b
+        }
+        val order = routerLogits.indices.sortedWith(higherFirst).take(k)
         return order.toIntArray() to FloatArray(k) { probs[order[it]].toFloat() }
     }
 

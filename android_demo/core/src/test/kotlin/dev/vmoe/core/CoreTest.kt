@@ -57,8 +57,18 @@ class CoreTest {
         assertArrayEquals(v.arr("expected", "combine").floats("expected"), mixed, 1e-4f)
     }
 
+    /** The routing rule's tie cases, shared with the Python and Swift tests: -Dvmoe.routingTies=FILE
+     *  (tests/data/routing_ties.json in the vmoe-export repository; run_tests.sh passes it). */
     @Test fun tieBreaksToLowerExpertId() {
         assertArrayEquals(intArrayOf(1, 2), Routing.selectExperts(floatArrayOf(0f, 2f, 2f, 1f), 2).first)
+        val path = System.getProperty("vmoe.routingTies") ?: ""
+        assumeTrue("set -Dvmoe.routingTies to tests/data/routing_ties.json", path.isNotEmpty())
+        val cases = Json.parse(File(path).readText(), "routing ties").arr("cases", "routing ties").objects("cases")
+        assertTrue(cases.isNotEmpty())
+        for (c in cases) {
+            val got = Routing.selectExperts(c.arr("logits", "case").floats("logits"), c.int("k", "case", 1)).first
+            assertArrayEquals(c.str("why", "case"), c.arr("experts", "case").ints("experts").toIntArray(), got)
+        }
     }
 
     @Test fun everyArtifactVerifies() {

@@ -23,13 +23,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import interrupt
+from .interrupt import check as check_interrupt
 from .checkpoint import Checkpoint, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
-from . import stream
 from .data import Dataset, Split, augment, holdout_split, preprocess
+from .card import model_card
 from .errors import ConfigError
 from .model import MobileVMoE, ModelConfig, active_params, count_params, dense_twin_mismatch, route, upcycle
-from .stream import FileSplit
+from .stream import FileSplit, eval_batches as stream_eval_batches, train_batches as stream_train_batches
 from .superclass import confusion_matrix, describe, superclasses_from_confusion
 
 
@@ -123,7 +123,7 @@ def loss_fn(logits, router_logits, labels, superclass_of: torch.Tensor | None, r
 def eval_batches(split: Split | FileSplit, batch_size: int):
     """uint8 image batches of a split in order: slices of an in-memory split, or streamed and centre-cropped."""
     if isinstance(split, FileSplit):
-        for images, _, _ in stream.eval_batches(split, batch_size):
+        for images, _, _ in stream_eval_batches(split, batch_size):
             yield images
         return
     for i in range(0, len(split), batch_size):
@@ -169,7 +169,7 @@ def epoch_batches(data: Split | FileSplit, cfg: TrainConfig, epoch: int, per_ran
     """This rank's (uint8 images, labels, read flags) batches for one epoch. Shuffles and augmentation are
     drawn from (seed, epoch), so an epoch is reproducible and a resumed run matches an uninterrupted one."""
     if isinstance(data, FileSplit):
-        yield from stream.train_batches(data, per_rank, cfg.seed, epoch, world, rank, augment=cfg.augment)
+        yield from stream_train_batches(data, per_rank, cfg.seed, epoch, world, rank, augment=cfg.augment)
         return
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     perm = torch.randperm(len(data), generator=g)[: steps * per_rank * world]
@@ -228,7 +228,7 @@ def _train_stage(
         bar = tqdm(zip(range(steps_per_epoch), batches), total=steps_per_epoch, desc=f"{stage} epoch {epoch + 1}/{epochs}",
                    disable=rank != 0 or None, leave=False, file=sys.stderr)
         for i, (images, labels, read) in bar:
-            interrupt.check()
+            check_interrupt()
             x = preprocess(images.to(device, non_blocking=True), model.cfg)  # uint8 over the bus, 4x fewer bytes
             y = labels.to(device, non_blocking=True)
             for group in opt.param_groups:
@@ -370,88 +370,3 @@ def load_dense_twin(path: Path, model_cfg: ModelConfig, class_names: list[str]) 
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-_INIT_TEXT = {
-    "scratch": "from scratch (the MoE's own random init), trained for the MoE epochs after the dense twin.",
-    "dense": "sparse upcycling: shared weights and every expert copied from the trained dense twin (experts = its "
-             "MLP at that depth), router fresh; the MoE had dense epochs + MoE epochs of training in all.",
-}
-
-
-def _inverted_text(cfg: ModelConfig, m: dict) -> str:
-    if "top1_inverted" not in m["moe"]:
-        return ""
-    rule = ("polarity rule `dark-background`: an input whose border ring is brighter than mid-grey is inverted "
-            "before normalising, in training, export, vmoe-predict, the Python runtime and both app cores"
-            if cfg.polarity == "dark-background" else "polarity `as-is`: inputs are used as they are")
-    notes = "".join(f"\n{n}\n" for n in m.get("notes", []))
-    return (f"Top-1 on the test images inverted (dark object on a light ground, like a phone photo): MoE "
-            f"{100 * m['moe']['top1_inverted']:.2f}% (as stored {100 * m['moe']['top1']:.2f}%), dense twin "
-            f"{100 * m['dense']['top1_inverted']:.2f}%; {rule}.\n{notes}")
-
-
-def _equal_compute_row(m: dict) -> str:
-    eq = m.get("dense_equal_compute")
-    if eq is None:
-        return ""
-    return (f"| dense twin, equal total training ({eq['epochs'] or '?'} epochs: {eq['schedule']}) | "
-            f"{100 * eq['top1']:.2f}% | {m['dense']['params']:,} | {m['dense']['params']:,} |")
-
-
-def _equal_compute_text(m: dict) -> str:
-    if "dense_equal_compute" not in m:
-        return ("\nNo equal-compute dense twin was trained for this model (`vmoe-train --no-equal-compute`, or a run "
-                "from before it existed): the MoE had more training than the dense row, so part of any gap may be the "
-                "extra training.\n")
-    return (f"\nMoE minus the dense twin at equal total training: {100 * m['moe_minus_dense_equal_compute_top1']:+.2f} "
-            "points. This is the fair comparison: producing the MoE took the dense epochs plus the MoE epochs of training.\n")
-
-
-def model_card(cfg: ModelConfig, m: dict) -> str:
-    usage = m["moe"]["expert_usage"]
-    total = sum(usage)
-    groups = "\n".join(
-        f"| {e} | {', '.join(g)} | {usage[e]} ({100 * usage[e] / total:.1f}%) |" for e, g in enumerate(m["superclasses"])
-    )
-    return f"""# Model card: {cfg.name}
-
-Mobile V-MoE (per-image routing, arXiv 2309.04354) trained by vmoe-export on {m['dataset']}.
-
-## Produced by
-
-```
-{m['command']}
-```
-
-## Config
-
-```json
-{json.dumps(cfg.to_dict(), indent=2)}
-```
-
-Training options: `{json.dumps(m['train_config'])}`
-
-MoE initialisation: {_INIT_TEXT[m.get('moe_init', 'scratch')]}
-
-## Results on the {m['moe']['images']}-image test set
-
-| model | top-1 | params | active params / image |
-|---|---|---|---|
-| dense twin (same widths, all blocks dense) | {100 * m['dense']['top1']:.2f}% | {m['dense']['params']:,} | {m['dense']['params']:,} |
-| Mobile V-MoE (E={cfg.num_experts}, L={cfg.moe_layers}, k={cfg.top_k}) | {100 * m['moe']['top1']:.2f}% | {m['moe']['params']:,} | {m['moe']['active_params']:,} |
-
-{_equal_compute_row(m)}
-MoE minus dense: {100 * m['moe_minus_dense_top1']:+.2f} points top-1 at equal active FLOPs (the router adds
-{cfg.embed_dim * cfg.num_experts + cfg.num_experts + 2 * cfg.embed_dim} parameters).
-{_equal_compute_text(m)}
-
-{_inverted_text(cfg, m)}
-Router top-1 accuracy against the super-class of the true label: {100 * m['moe']['router_top1_vs_superclass']:.2f}%.
-
-## Super-classes (clustered from the dense model's confusion graph) and expert usage on test
-
-| expert | classes | images routed (top-{cfg.top_k}) |
-|---|---|---|
-{groups}
-"""
