@@ -258,7 +258,7 @@ def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles
     from .plan import plan_export, supports
 
     say = progress or _silent
-    if images < 1 or not 1 <= threads <= MAX_THREADS:
+    if images < 1 or threads < 1:  # RunOptions below bounds threads from above
         raise ConfigError(f"--threads (1 to {MAX_THREADS}) and --images must be at least 1")
     names = runtime_targets() if targets == "all" else [targets] if isinstance(targets, str) else list(targets)
     RunOptions(threads=threads)

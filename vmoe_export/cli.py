@@ -177,7 +177,8 @@ def export_main(argv: list[str] | None = None) -> int:
         targets = "all" if args.target == "all" else [args.target]
         names = list(TARGETS) if targets == "all" else targets
         # A backend's own flags become its typed options (before any work; a missing package fails here).
-        backend_options = {t: get_backend(t).options_from_args(args) for t in names if get_backend(t).options_from_args}
+        backends = [get_backend(t) for t in names]
+        backend_options = {b.name: b.options_from_args(args) for b in backends if b.options_from_args}
         # Flags that were not given keep the plan's per-mode defaults.
         bounds = (ParityBounds.quantized(args.quantize, max_accuracy_drop=args.max_accuracy_drop / 100)
                   if args.quantize != "none"

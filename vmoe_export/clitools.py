@@ -97,11 +97,6 @@ def run_command(prog: str, body, interrupted: str = "interrupted") -> int:
         return fail(prog, interrupted)
 
 
-def to_stderr(line: str) -> None:
-    """The commands' progress callback for the API: each line to stderr, results stay on stdout."""
-    print(line, file=sys.stderr)
-
-
 def fail(prog: str, msg: str) -> int:
     print(f"{prog}: error: {msg}", file=sys.stderr)
     return 2

@@ -2,17 +2,17 @@
 
 Which targets run (and which are skipped, and why), each backend's typed options, the quantization each
 one applies (mode, calibration strategy with `auto` resolved to the backend's measured choice, router
-precision), the schedule kind (and why), the parity bounds and the image counts. The API (api.py),
+precision), the schedule kind, the parity bounds and the image counts. The API (api.py),
 export_bundle and the benchmarks all resolve through these functions; nothing downstream re-decides a
 rule: a backend receives a TargetPlan, not a mode string to re-check.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .backends import TARGETS, Backend, get_backend
+from .backends import TARGETS, Backend, describe, get_backend
 from .config import ModelConfig
 from .errors import ConfigError
 from .parity import ParityBounds
@@ -36,15 +36,6 @@ def resolve_schedule(kind: str, top_k: int, quant: QuantOptions) -> str:
         raise ConfigError("--schedule fused exports fp32 only in this version (its graphs hold the router and the "
                           "MoE attention, which the int8 paths calibrate per layer); use --schedule per-layer or auto")
     return kind
-
-
-def schedule_reason(requested: str, resolved: str, top_k: int, quant: QuantOptions) -> str:
-    """Why the plan runs `resolved`, in words for the reports."""
-    if requested != AUTO_SCHEDULE:
-        return f"--schedule {requested}"
-    if resolved == "fused":
-        return "auto: k=1 and fp32, so the fused path (3 graph calls per image) is exact"
-    return f"auto: per-layer because {'top_k=' + str(top_k) if top_k != 1 else quant.mode + ' has no fused int8 path'}"
 
 
 def check_golden_images(n) -> None:
@@ -80,8 +71,6 @@ def plan_target(target: str, quant: QuantOptions, backend_options: Any = None) -
 
 
 def supports(target: str, mode: str) -> bool:
-    from .backends import describe
-
     return mode in describe(target).quantization
 
 
@@ -91,7 +80,6 @@ class ExportPlan:
     skipped: tuple[tuple[str, str], ...]  # (target, why): `all` skips the targets without the requested mode
     quant: QuantOptions  # as requested (calibration may still be `auto`; each TargetPlan has it resolved)
     schedule: str  # resolved: per-layer or fused
-    schedule_reason: str
     bounds: ParityBounds
     parity_images: int
     golden_images: int
@@ -136,12 +124,5 @@ def plan_export(cfg: ModelConfig, targets: str | Sequence[str], quant: QuantOpti
         plans.append(plan_target(t, quant, backend_options.get(t)))  # a missing package fails here, before work
     if not plans:
         raise ConfigError(f"no target offers {quant.mode}")
-    return ExportPlan(tuple(plans), tuple(skipped), quant, kind, schedule_reason(schedule, kind, cfg.top_k, quant),
+    return ExportPlan(tuple(plans), tuple(skipped), quant, kind,
                       bounds or default_bounds(quant), parity_images or default_parity_images(quant), golden_images)
-
-
-def with_bounds(plan: ExportPlan, **overrides) -> ExportPlan:
-    """The plan with some parity bounds replaced (None values are ignored)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return replace(plan, bounds=replace(plan.bounds, **given)) if given else plan
-
