@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a fresh Linux machine for vmoe-export: system packages (Fashion-MNIST, Kotlin + JUnit for the
-# Android core's tests), then a Python 3.11 virtual environment in .venv with the pinned toolchain.
+# Set up a fresh Linux machine for vmoe-export: system packages (Fashion-MNIST; JUnit, org.json and npm for the
+# Android core's tests), the Kotlin compiler the Android build declares (android_demo/gradle/libs.versions.toml,
+# from the npm registry, into .toolchain/), then a Python 3.11 virtual environment in .venv with the pinned toolchain.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -8,9 +9,10 @@ if command -v apt-get >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     need=""
-    for pkg in dataset-fashion-mnist kotlin junit4 libandroid-json-java; do
+    for pkg in dataset-fashion-mnist junit4 libandroid-json-java; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
     done
+    command -v npm >/dev/null 2>&1 || need="$need npm"
     if [ -n "$need" ]; then
         echo "installing system packages:$need"
         $sudo apt-get update -qq
@@ -18,8 +20,10 @@ if command -v apt-get >/dev/null 2>&1; then
     fi
 else
     echo "no apt-get: install Fashion-MNIST's IDX files under /usr/share/datasets/fashion-mnist (or train with --data-dir)," >&2
-    echo "and kotlinc + junit4 for the Android core's tests" >&2
+    echo "and junit4 + org.json (libandroid-json-java) + npm for the Android core's tests" >&2
 fi
+# The Android core's tests compile with exactly the Kotlin version the Gradle build declares.
+android_demo/tools/install_kotlin.sh >/dev/null
 
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null 2>&1 || python=python3

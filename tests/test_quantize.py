@@ -5,7 +5,6 @@ the manifest's per-graph quantization record."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, needs_fmnist, synthetic_test_set, tiny_config
+from conftest import synthetic_test_set, tiny_config
 
 from vmoe_export.backends import all_backends, describe
 from vmoe_export.bundle import bundle_bytes, read_manifest
@@ -189,21 +188,3 @@ def test_edited_graph_quantization_is_refused(tmp_path):
     with pytest.raises(BundleError, match="graph router: quantization"):
         BundleRuntime(path)
 
-
-@needs_fmnist
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("kotlinc") is None, reason="kotlinc not installed (apt-get install kotlin junit4)")
-def test_kotlin_core_runs_a_quantized_bundle_exactly(tmp_path):
-    """The app core needs no change for int8: it reproduces the quantized bundle's own golden vectors."""
-    from vmoe_export.checkpoint import load_checkpoint
-    from vmoe_export.data import load_fashion_mnist
-
-    ckpt = load_checkpoint(REPO / "models" / "fmnist-tiny" / "model.pt")
-    test = load_fashion_mnist().test
-    options = ExportOptions(parity_images=200, progress=False, quant=QuantOptions("dynamic-int8"))
-    path, report = export_bundle(ckpt, "onnx", tmp_path, test.images, test.labels, options, log=lambda s: None)
-    assert report["status"] == "pass"
-    r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(path)],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert "OK (18 tests)" in r.stdout  # the fused-schedule tests are skipped: no fused bundle given here

@@ -240,11 +240,13 @@ def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles
               out: PathLike | None = None, dense: "PathLike | Checkpoint | Any | None" = None, threads: int = 1,
               quick: bool = False, images: int = 64, quantize: Sequence[str] = (), schedule: str = "per-layer",
               data: PathLike | None = None, seed: int = 0, progress: Progress | None = None,
-              progress_bars: bool = False) -> BenchmarkResult:
+              progress_bars: bool = False, device: str | None = None, apk: PathLike | None = None) -> BenchmarkResult:
     """Benchmark `model`'s bundles in BUNDLES/<target>/ (exported first where missing; int8 modes in
     BUNDLES/<mode>/<target>/) against its dense twin, a monolithic export and eager PyTorch, all in one run;
     with `out`, write bench.json, README.md and plots there. `dense`: the dense twin (default: dense.pt beside
-    a checkpoint path when present, else fresh weights: latency does not depend on them)."""
+    a checkpoint path when present, else fresh weights: latency does not depend on them). `device`: also run the
+    executorch/tflite bundles on an Android phone over adb ("adb" or "adb:SERIAL"; `apk` installs the demo app
+    first) and put its figures beside the host's (report["devices"])."""
     import torch
 
     from .backends import MAX_THREADS, RunOptions, get_backend, runtime_targets
@@ -264,6 +266,7 @@ def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles
     RunOptions(threads=threads)
     for t in names:
         get_backend(t)
+    phone = _connect_phone(device, apk, names) if device is not None else None  # refuse before any work
     ckpt = as_checkpoint(model)
     built = ckpt.build_model()
     cfg = built.cfg
@@ -297,9 +300,44 @@ def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles
     if quantized:
         report["quantized"] = bench_quantized(quantized, report, s, evaluation.split.images[:images], cfg)
     report["data"] = {"kind": evaluation.kind, "description": evaluation.description}
+    if phone is not None:
+        _bench_on_phone(phone, report, found, dense_model, s, say)
     if out is not None:
         write_report(report, Path(out))
     return BenchmarkResult(report, Path(out) if out is not None else None)
+
+
+def _connect_phone(device: str, apk, names: list[str]):
+    from .bench.device import ANDROID_TARGETS, connect, ensure_app
+    from .errors import ConfigError
+
+    if not any(t in ANDROID_TARGETS for t in names):
+        raise ConfigError(f"--device runs {' and '.join(ANDROID_TARGETS)} bundles (the demo app's runtimes): pass "
+                          "--target all, executorch or tflite")
+    phone = connect(device)
+    ensure_app(phone, Path(apk) if apk is not None else None)
+    return phone
+
+
+def _bench_on_phone(phone, report: dict, bundles: dict[str, Path], dense_model, s, say: Progress) -> None:
+    """Each Android-runnable bundle, with its dense twin converted for the same runtime, benchmarked on the phone."""
+    import tempfile
+
+    from .artifact_cache import convert
+    from .backends import get_backend
+    from .bench.baselines import dense_graph
+    from .bench.device import ANDROID_TARGETS, DeviceRun, merge_device_reports, run_on_device
+
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in [t for t in bundles if t in ANDROID_TARGETS]:
+            backend = get_backend(target)
+            dense_path = Path(tmp) / f"dense{backend.suffix}"
+            convert(dense_graph(dense_model), backend, backend.make_options(), dense_path, None)
+            say(f"{target}: benchmarking on {phone.serial} ({s.warmup} warm-up + {s.runs} runs)")
+            reports.append(run_on_device(phone, DeviceRun(target, bundles[target], s.warmup, s.runs, s.threads,
+                                                          1 if s.quick else 3, dense_path)))
+    merge_device_reports(report, reports)
 
 
 def _find_or_export(ckpt, targets: list[str], bundles: Path, schedule: str, mode: str, data, say: Progress,

@@ -1,25 +1,30 @@
 import java.io.File
 
 plugins {
-    id("com.android.application")
-    id("org.jetbrains.kotlin.android")
-    id("org.jetbrains.kotlin.plugin.compose")
+    alias(libs.plugins.android.application)
+    alias(libs.plugins.kotlin.android)
+    alias(libs.plugins.kotlin.compose)
 }
 
 android {
     namespace = "dev.vmoe.demo"
-    compileSdk = 35
+    compileSdk = libs.versions.compile.sdk.get().toInt()
     defaultConfig {
         applicationId = "dev.vmoe.demo"
-        minSdk = 24  // LiteRT 2.3 AARs declare minSdk 24
-        targetSdk = 35
+        minSdk = libs.versions.min.sdk.get().toInt()
+        targetSdk = libs.versions.compile.sdk.get().toInt()
         versionCode = 1
         versionName = "0.1.0"
         // Pin every embedded bundle: the digest vmoe-export wrote beside each manifest is built into the app,
-        // and the core refuses a manifest whose sha256 differs (see BundleStore.open).
-        val pins = file("src/main/assets/bundles").listFiles()
-            ?.filter { File(it, "manifest.sha256").isFile }?.sortedBy { it.name }
-            ?.joinToString(",") { "${it.name}=${File(it, "manifest.sha256").readText().trim()}" } ?: ""
+        // and the core refuses a manifest whose sha256 differs (see BundleStore.open). A bundle without a valid
+        // manifest.sha256 fails the build here rather than the app at run time.
+        val pins = (file("src/main/assets/bundles").listFiles() ?: emptyArray()).filter { it.isDirectory }.sortedBy { it.name }
+            .joinToString(",") { dir ->
+                val pin = File(dir, "manifest.sha256").takeIf { it.isFile }?.readText()?.trim() ?: ""
+                if (!pin.matches(Regex("[0-9a-f]{64}")))
+                    throw GradleException("${dir.path} has no valid manifest.sha256: copy the whole bundle vmoe-export wrote")
+                "${dir.name}=$pin"
+            }
         buildConfigField("String", "BUNDLE_DIGESTS", "\"$pins\"")
     }
     buildFeatures { compose = true; buildConfig = true }
@@ -34,12 +39,13 @@ android {
 
 dependencies {
     implementation(project(":core"))
-    implementation("org.pytorch:executorch-android:${property("executorchVersion")}")
-    implementation("com.google.ai.edge.litert:litert:${property("litertVersion")}")
-    implementation("com.facebook.fbjni:fbjni:0.7.0")
-    implementation("com.facebook.soloader:soloader:0.12.1")
-    implementation(platform("androidx.compose:compose-bom:2024.12.01"))
-    implementation("androidx.compose.material3:material3")
-    implementation("androidx.compose.ui:ui")
-    implementation("androidx.activity:activity-compose:1.9.3")
+    // Versions: gradle/libs.versions.toml.
+    implementation(libs.executorch.android)
+    implementation(libs.litert)
+    implementation(libs.fbjni)
+    implementation(libs.soloader)
+    implementation(platform(libs.compose.bom))
+    implementation(libs.compose.material3)
+    implementation(libs.compose.ui)
+    implementation(libs.activity.compose)
 }

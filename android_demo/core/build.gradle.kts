@@ -1,13 +1,19 @@
 // Platform-neutral routing core: plain Kotlin/JVM, no Android or backend APIs, unit-tested on the JVM.
-plugins { id("org.jetbrains.kotlin.jvm") }
+plugins { alias(libs.plugins.kotlin.jvm) }
 
 kotlin { jvmToolchain(17) }
 
 dependencies {
-    testImplementation("junit:junit:4.13.2")
+    // Android ships org.json in the platform, so the app must not bundle a second copy: compile against it
+    // only, and give the JVM tests a real one.
+    compileOnly(libs.json)
+    testImplementation(libs.json)
+    testImplementation(libs.junit)
 }
 
 tasks.test {
-    // ./gradlew :core:test -Pvmoe.bundle=/path/to/bundles/executorch
-    systemProperty("vmoe.bundle", (project.findProperty("vmoe.bundle") ?: "${rootDir}/app/src/main/assets/bundle").toString())
+    // ./gradlew :core:test -Pvmoe.bundle=/path/to/bundles/executorch  (see run_tests.sh for the other properties)
+    systemProperty("vmoe.bundle", (project.findProperty("vmoe.bundle") ?: "${rootDir}/app/src/main/assets/bundles/executorch").toString())
+    systemProperty("vmoe.fusedBundle", (project.findProperty("vmoe.fusedBundle") ?: "").toString())
+    systemProperty("vmoe.routingTies", "${rootDir}/../tests/data/routing_ties.json")
 }

@@ -1,22 +1,44 @@
 #!/usr/bin/env bash
-# Compile the platform-neutral Kotlin core and run its JUnit tests on the JVM against an exported bundle.
-# Usage: run_tests.sh BUNDLE_DIR [FUSED_BUNDLE_DIR]   (the same model exported with --schedule fused; without it the
-# fused-schedule test is skipped. Needs kotlinc, junit4 and org.json: apt-get install kotlin junit4 libandroid-json-java)
+# Compile the platform-neutral Kotlin core with the Kotlin compiler gradle/libs.versions.toml declares
+# (tools/install_kotlin.sh installs it; $KOTLIN_HOME overrides) and run its JUnit tests on the JVM
+# against exported bundles of one model.
+# Usage: run_tests.sh BUNDLE_DIR [FUSED_BUNDLE_DIR [INT8_BUNDLE_DIR]]
+#   FUSED_BUNDLE_DIR: the same model exported with --schedule fused (its tests are skipped without it);
+#   INT8_BUNDLE_DIR: an int8 bundle of it, whose golden vectors the manifest and routing tests run on too.
+# Environment: VMOE_BENCH_OUT=FILE makes the device-benchmark test write its JSON there.
+# Needs Java 17, junit4 and org.json on a JVM: apt-get install junit4 libandroid-json-java.
 set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: run_tests.sh BUNDLE_DIR [FUSED_BUNDLE_DIR [INT8_BUNDLE_DIR]]" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
 bundle=$(cd "$1" && pwd)
 fused=$([ -n "${2:-}" ] && cd "$2" && pwd || true)
-here=$(cd "$(dirname "$0")" && pwd)
+int8=$([ -n "${3:-}" ] && cd "$3" && pwd || true)
+version=$(sed -n 's/^kotlin *= *"\([^"]*\)".*/\1/p' "$here/../gradle/libs.versions.toml")
+home=${KOTLIN_HOME:-$here/../../.toolchain/kotlinc-$version}
+[ -x "$home/bin/kotlinc" ] || { echo "error: no Kotlin $version compiler at $home: run android_demo/tools/install_kotlin.sh" >&2; exit 2; }
+installed=$(cut -d- -f1 "$home/build.txt")
+[ "$installed" = "$version" ] || { echo "error: $home is Kotlin $installed, the build declares $version: run android_demo/tools/install_kotlin.sh" >&2; exit 2; }
+cp="/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar:/usr/share/java/com.android.json.jar"
+for jar in ${cp//:/ }; do
+    [ -f "$jar" ] || { echo "error: $jar missing: apt-get install junit4 libandroid-json-java" >&2; exit 2; }
+done
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
-# org.json is part of Android; on a JVM Debian's libandroid-json-java provides the same classes.
-cp="/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar:/usr/share/java/com.android.json.jar"
-kotlinc -nowarn -cp "$cp" "$here"/src/main/kotlin/dev/vmoe/core/*.kt -d "$build/core.jar" 2>&1 | grep -v "^warning" || true
-test -f "$build/core.jar"
-kotlinc -nowarn -cp "$build/core.jar:$cp" "$here"/src/test/kotlin/dev/vmoe/core/*.kt -d "$build/tests.jar" 2>&1 | grep -v "^warning" || true
-test -f "$build/tests.jar"
-kotlin_lib=$(dirname "$(readlink -f "$(command -v kotlinc)")")/../lib
-stdlib=$(ls /usr/share/java/kotlin-stdlib.jar 2>/dev/null || ls "$kotlin_lib"/kotlin-stdlib.jar)
+echo "kotlinc: $("$home/bin/kotlinc" -version 2>&1 | grep -o 'kotlinc-jvm [^ ]*')"
+# -Werror: a deprecation the declared compiler warns about today is an error in its next release.
+"$home/bin/kotlinc" -Werror -cp "$cp" "$here"/src/main/kotlin/dev/vmoe/core/*.kt -d "$build/core.jar"
+"$home/bin/kotlinc" -Werror -cp "$build/core.jar:$cp" "$here"/src/test/kotlin/dev/vmoe/core/*.kt -d "$build/tests.jar"
 # The routing rule's tie cases, shared with the Python and Swift tests (absent when the app is copied alone).
 ties="$here/../../tests/data/routing_ties.json"
 [ -f "$ties" ] || ties=""
-java -Dvmoe.bundle="$bundle" -Dvmoe.fusedBundle="$fused" -Dvmoe.routingTies="$ties" -cp "$build/core.jar:$build/tests.jar:$cp:$stdlib" org.junit.runner.JUnitCore dev.vmoe.core.CoreTest
+run() {
+    java -Dvmoe.kotlinVersion="$installed" -Dvmoe.bundle="$1" -Dvmoe.fusedBundle="$2" -Dvmoe.routingTies="$ties" \
+        -Dvmoe.benchOut="${VMOE_BENCH_OUT:-}" -cp "$build/core.jar:$build/tests.jar:$cp:$home/lib/kotlin-stdlib.jar" \
+        org.junit.runner.JUnitCore dev.vmoe.core.CoreTest dev.vmoe.core.AppLogicTest
+}
+echo "== fp32 per-layer bundle $bundle"
+run "$bundle" "$fused"
+if [ -n "$int8" ]; then
+    echo "== int8 bundle $int8"
+    VMOE_BENCH_OUT="" run "$int8" ""
+fi

@@ -25,8 +25,12 @@ final class CoreMLRunner: GraphRunner {
         var features: [String: MLFeatureValue] = [:]
         for (spec, x) in zip(entry.inputs, inputs) {
             let arr = try MLMultiArray(shape: spec.shape.map { NSNumber(value: $0) }, dataType: .float32)
-            x.withUnsafeBufferPointer { src in
-                arr.dataPointer.bindMemory(to: Float.self, capacity: x.count).update(from: src.baseAddress!, count: x.count)
+            // Written through the array's own strides: Core ML may pad rows, even of an array it allocates.
+            let offsets = Pixels.stridedOffsets(shape: arr.shape.map(\.intValue), strides: arr.strides.map(\.intValue))
+            guard offsets.count == x.count else { throw ManifestError.invalid("input \(spec.name) has \(x.count) values, not \(offsets.count)") }
+            arr.withUnsafeMutableBytes { raw, _ in
+                let dst = raw.bindMemory(to: Float.self)
+                for (i, o) in offsets.enumerated() { dst[o] = x[i] }
             }
             features[spec.name] = MLFeatureValue(multiArray: arr)
         }
@@ -35,11 +39,22 @@ final class CoreMLRunner: GraphRunner {
             guard let arr = out.featureValue(for: spec.name)?.multiArrayValue else {
                 throw ManifestError.invalid("Core ML output \(spec.name) missing")
             }
-            let n = arr.count
-            if arr.dataType == .float32 {
-                return Array(UnsafeBufferPointer(start: arr.dataPointer.bindMemory(to: Float.self, capacity: n), count: n))
+            let offsets = Pixels.stridedOffsets(shape: arr.shape.map(\.intValue), strides: arr.strides.map(\.intValue))
+            switch arr.dataType {
+            case .float32:
+                return arr.withUnsafeBytes { raw in let src = raw.bindMemory(to: Float.self); return offsets.map { src[$0] } }
+            case .float16:
+                return arr.withUnsafeBytes { raw in let src = raw.bindMemory(to: Float16.self); return offsets.map { Float(src[$0]) } }
+            case .double:
+                return arr.withUnsafeBytes { raw in let src = raw.bindMemory(to: Double.self); return offsets.map { Float(src[$0]) } }
+            case .int32:
+                return arr.withUnsafeBytes { raw in let src = raw.bindMemory(to: Int32.self); return offsets.map { Float(src[$0]) } }
+            @unknown default:
+                throw ManifestError.invalid("Core ML output \(spec.name) has an unsupported data type")
             }
-            return (0..<n).map { arr[$0].floatValue }
         }
     }
+
+    /// The model's memory goes with its last reference; dropping ours is all Core ML offers.
+    func close() {}
 }

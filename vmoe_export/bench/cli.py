@@ -39,16 +39,25 @@ def parser() -> argparse.ArgumentParser:
                    "stage, cold expert load, accuracy and routing from their parity), each on the backends that offer "
                    "it; bundles live in BUNDLES/<mode>/<target>/ and are exported when missing (parity on 500 images)")
     add_schedule_argument(p)
+    p.add_argument("--device", default=None, metavar="adb[:SERIAL]",
+                   help="also run the executorch/tflite bundles on an Android phone over adb, through the demo app's "
+                   "headless BenchmarkActivity (real runtimes, routed schedule, per-expert loads, PSS memory), and put "
+                   "its figures beside this host's in the report; adb:SERIAL picks one of several devices")
+    p.add_argument("--apk", type=Path, default=None,
+                   help="with --device: install this demo app build first (android_demo/app/build/outputs/apk/debug/"
+                   "app-debug.apk); without it the app must already be installed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..clitools import build_side_missing
+    from ..clitools import build_side_missing, fail
 
     if (code := build_side_missing("vmoe-bench")) is not None:
         return code
     args = parser().parse_args(argv)
+    if args.apk is not None and args.device is None:
+        return fail("vmoe-bench", "--apk installs the demo app on a phone: pass it with --device adb[:SERIAL]")
 
     def body():
         from ..api import benchmark
@@ -62,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                threads=args.threads, quick=args.quick, images=args.images, quantize=args.quantize,
                                schedule=args.schedule, data=args.data_dir, seed=args.seed,
                                progress=lambda line: print(f"vmoe-bench: {line}", file=sys.stderr),
-                               progress_bars=not args.quiet)
+                               progress_bars=not args.quiet, device=args.device, apk=args.apk)
         report = result.report
         m, cfg = report["model"], report["model"]["config"]
         print(f"wrote {args.out}/bench.json, README.md and plots ({m['name']}, E={m['num_experts']}, k={m['top_k']}, "
@@ -74,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"(x{r['split_over_dense_twin']:.2f}) | monolithic {b['monolithic']['median_ms']:.3f} ms (x{r['split_over_monolithic']:.2f}) "
                   f"| eager model x{r['split_over_eager_model']:.2f} | cold expert load {b['split']['expert_cold_load']['median_ms']:.2f} ms "
                   f"| self-test at open {b['split']['self_test_ms']:.1f} ms")
+        for label, entry in report.get("devices", {}).items():
+            for target, q in entry["ratios"].items():
+                b = entry["backends"][target]["split"]
+                dense = f" | split / dense twin on device x{q['split_over_dense_twin']:.2f}" if "split_over_dense_twin" in q else ""
+                print(f"{label} {target}: split {b['end_to_end']['median_ms']:.3f} ms (x{q.get('device_over_host_split', float('nan')):.2f} "
+                      f"of this host){dense} | cold expert load {b['expert_cold_load']['median_ms']:.2f} ms")
         for row in report.get("quantized", []):
             print(f"{row['backend']} {row['mode']}: size x{row['size_ratio']:.2f} of fp32 | latency {row['latency_ms']:.3f} ms "
                   f"(x{row['latency_ratio']:.2f}) | {row['parity_summary']}")

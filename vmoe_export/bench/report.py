@@ -97,7 +97,8 @@ def markdown(r: dict) -> str:
         "",
         f"Inputs: {r.get('data', {}).get('description', 'test images')}. "
         "Shared machines are noisy: read the ratios (measured in this one run), not absolute milliseconds. "
-        "Nothing here ran on a phone; see the README's on-device section.",
+        + ("Phone figures are in the on-device section at the end." if r.get("devices") else
+         "Nothing here ran on a phone (vmoe-bench --device adb runs it there); see the README's on-device section."),
         "",
         "## FLOPs and parameters (torch.utils.flop_counter on the exported programs; 1 MAC = 2 FLOPs)",
         "",
@@ -200,6 +201,9 @@ def markdown(r: dict) -> str:
                          f"{q['latency_ms']:.3f} | {q['latency_ratio']:.2f} | {q['expert_cold_load_ms']:.2f} | "
                          f"{q['parity_summary']} |")
         lines.append("")
+    from .device import device_markdown
+
+    lines += device_markdown(r)
     return "\n".join(lines)
 
 

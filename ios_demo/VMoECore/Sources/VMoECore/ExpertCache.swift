@@ -4,6 +4,7 @@ import Foundation
 public final class ExpertCache<T> {
     private let load: (Int) throws -> T
     private let sizeOf: (Int) -> Int
+    private let close: (T) -> Void
     public let maxExperts: Int?
     public let maxBytes: Int?
     private var values: [Int: T] = [:]
@@ -11,9 +12,11 @@ public final class ExpertCache<T> {
     public private(set) var loads = 0
     public private(set) var evictions = 0
 
-    public init(load: @escaping (Int) throws -> T, sizeOf: @escaping (Int) -> Int, maxExperts: Int? = nil, maxBytes: Int? = nil) {
+    public init(load: @escaping (Int) throws -> T, sizeOf: @escaping (Int) -> Int, maxExperts: Int? = nil, maxBytes: Int? = nil,
+                close: @escaping (T) -> Void = { _ in }) {
         self.load = load
         self.sizeOf = sizeOf
+        self.close = close
         self.maxExperts = maxExperts
         self.maxBytes = maxBytes
     }
@@ -35,6 +38,14 @@ public final class ExpertCache<T> {
         return v
     }
 
+    /// Unloads every expert (closing each): when the model closes, or to measure cold loads again.
+    public func clear() {
+        let all = order.compactMap { values[$0] }
+        values = [:]
+        order = []
+        all.forEach(close)
+    }
+
     private func over(_ incoming: Int) -> Bool {
         if let m = maxExperts, order.count + 1 > m { return true }
         if let b = maxBytes, residentBytes + incoming > b { return true }
@@ -45,7 +56,7 @@ public final class ExpertCache<T> {
         while over(incoming) {
             guard let victim = order.first(where: { !pinned.contains($0) }) else { return }
             order.removeAll { $0 == victim }
-            values[victim] = nil
+            if let v = values.removeValue(forKey: victim) { close(v) }
             evictions += 1
         }
     }

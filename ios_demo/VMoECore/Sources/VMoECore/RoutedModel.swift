@@ -1,8 +1,14 @@
 import Foundation
 
-/// One loaded graph of a backend: float32 inputs in manifest order -> outputs in manifest order.
-public protocol GraphRunner {
+/// One loaded graph of a backend: float32 inputs in manifest order -> outputs in manifest order. close() frees
+/// the runtime's memory now rather than whenever the last reference goes.
+public protocol GraphRunner: AnyObject {
     func run(_ inputs: [[Float]]) throws -> [[Float]]
+    func close()
+}
+
+public extension GraphRunner {
+    func close() {}
 }
 
 public typealias GraphLoader = (_ name: String, _ entry: GraphEntry, _ url: URL) throws -> GraphRunner
@@ -19,7 +25,8 @@ public struct Prediction {
 /// loaded (lazily, LRU-cached), mixed by their gates in every MoE layer.
 public final class RoutedModel {
     public let bundle: Bundle
-    private let shared: [String: GraphRunner]
+    private var shared: [String: GraphRunner]
+    private var closed = false
     public let experts: ExpertCache<[String: GraphRunner]>
 
     public init(bundle: Bundle, loader: @escaping GraphLoader, maxExperts: Int? = nil, maxBytes: Int? = nil) throws {
@@ -27,19 +34,35 @@ public final class RoutedModel {
         if let n = maxExperts, n < m.model.topK { throw ManifestError.invalid("expert budget \(n) is below top_k=\(m.model.topK)") }
         self.bundle = bundle
         func open(_ g: String) throws -> GraphRunner { try loader(g, m.graphs[g]!, try bundle.verifiedArtifact(g)) }
-        var s: [String: GraphRunner] = [:]
-        for g in m.sharedGraphs { s[g] = try open(g) }
-        shared = s
-        experts = ExpertCache(
-            load: { e in
-                var graphs: [String: GraphRunner] = [:]
-                for g in m.expertGraphs(e) { graphs[g] = try open(g) }
-                return graphs
-            },
-            sizeOf: { bundle.expertBytes($0) }, maxExperts: maxExperts, maxBytes: maxBytes)
+        // Graphs load as one unit: when one fails (a checksum, the runtime), those already loaded are closed.
+        func openAll(_ names: [String]) throws -> [String: GraphRunner] {
+            var graphs: [String: GraphRunner] = [:]
+            do {
+                for g in names { graphs[g] = try open(g) }
+            } catch {
+                graphs.values.forEach { $0.close() }
+                throw error
+            }
+            return graphs
+        }
+        shared = try openAll(m.sharedGraphs)
+        experts = ExpertCache(load: { e in try openAll(m.expertGraphs(e)) }, sizeOf: { bundle.expertBytes($0) },
+                              maxExperts: maxExperts, maxBytes: maxBytes, close: { $0.values.forEach { $0.close() } })
     }
 
+    /// Frees every loaded graph (shared and experts). Idempotent; classify() afterwards throws.
+    public func close() {
+        if closed { return }
+        closed = true
+        experts.clear()
+        shared.values.forEach { $0.close() }
+        shared = [:]
+    }
+
+    deinit { close() }
+
     public func classify(_ input: [Float]) throws -> Prediction {
+        if closed { throw ManifestError.invalid("this RoutedModel was closed: open the bundle again") }
         var t: [String: Double] = [:]
         func timed<R>(_ stage: String, _ f: () throws -> R) rethrows -> R {
             let t0 = DispatchTime.now().uptimeNanoseconds

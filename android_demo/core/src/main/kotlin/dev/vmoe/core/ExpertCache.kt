@@ -22,6 +22,13 @@ class ExpertCache<T>(private val load: (Int) -> T, private val sizeOf: (Int) -> 
         return value
     }
 
+    /** Unloads every expert (closing each), e.g. when the model is closed or to measure cold loads again. */
+    fun clear() {
+        val all = entries.values.toList()
+        entries.clear()
+        all.forEach(close)
+    }
+
     private fun over(incoming: Long): Boolean =
         (maxExperts != null && entries.size + 1 > maxExperts) || (maxBytes != null && residentBytes + incoming > maxBytes)
 

@@ -242,7 +242,7 @@ class Bundle(val dir: File, expectedDigest: String? = null) {
         if (file.length() > 16L shl 20) throw ManifestException("${file.path} is too large to be a vmoe-export manifest")
         val bytes = file.readBytes()
         digest = Sha256.hex(MessageDigest.getInstance("SHA-256").digest(bytes))
-        if (expectedDigest != null && digest != expectedDigest.trim().toLowerCase())
+        if (expectedDigest != null && digest != expectedDigest.trim().lowercase())
             throw ManifestException("manifest digest ${digest.take(16)}... is not the pinned ${expectedDigest.trim().take(16)}...: not the bundle this app was built with")
         val sidecar = File(dir, "manifest.sha256")
         if (sidecar.isFile && sidecar.readText().trim() != digest)

@@ -1,10 +1,11 @@
 package dev.vmoe.core
 
-/** One loaded graph of a backend (ExecuTorch Module, LiteRT Interpreter, Core ML model...):
- *  float32 inputs in manifest order -> float32 outputs in manifest order. */
-interface GraphRunner {
+/** One loaded graph of a backend (ExecuTorch Module, LiteRT CompiledModel, Core ML model...):
+ *  float32 inputs in manifest order -> float32 outputs in manifest order. close() frees the runtime's
+ *  native memory, which the JVM's garbage collector neither sees nor frees in time. */
+interface GraphRunner : AutoCloseable {
     fun run(inputs: List<FloatArray>): List<FloatArray>
-    fun close() {}
+    override fun close() {}
 }
 
 /** Backend adapter: loads one verified artifact file. */
@@ -17,22 +18,52 @@ data class Result(val classId: Int, val logits: FloatArray, val experts: IntArra
  *  loaded (lazily, LRU-cached), mixed by their gates in every MoE layer (per-layer schedule) or run
  *  as one path with its gate (fused schedule, k=1). */
 class RoutedModel(val bundle: Bundle, private val loader: GraphLoader,
-                  maxExperts: Int? = null, maxBytes: Long? = null) {
+                  maxExperts: Int? = null, maxBytes: Long? = null) : AutoCloseable {
     val manifest = bundle.manifest
-    private val shared: Map<String, GraphRunner> = manifest.sharedGraphs.associate { it to open(it) }
-    val experts = ExpertCache<Map<String, GraphRunner>>(
-        load = { e -> manifest.expertGraphs(e).associate { it to open(it) } },
-        sizeOf = { bundle.expertBytes(it) }, maxExperts = maxExperts, maxBytes = maxBytes,
-        close = { m -> m.values.forEach { it.close() } })
-
-    init {
+    /** Time the shared graphs took to verify and load (what opening the bundle costs before any image). */
+    var sharedLoadMillis = 0.0
+        private set
+    private var closed = false
+    init {  // before any graph is loaded, so a refusal leaks nothing
         if (maxExperts != null && maxExperts < manifest.topK)
             throw IllegalArgumentException("expert budget $maxExperts is below top_k=${manifest.topK}")
     }
+    // Declared after the two fields above: Kotlin runs initializers in order, and openShared() sets them.
+    private val shared: Map<String, GraphRunner> = openShared()
+    val experts = ExpertCache<Map<String, GraphRunner>>(
+        load = { e -> openAll(manifest.expertGraphs(e)) },
+        sizeOf = { bundle.expertBytes(it) }, maxExperts = maxExperts, maxBytes = maxBytes,
+        close = { m -> m.values.forEach { it.close() } })
 
     private fun open(graph: String) = loader(manifest.graphs.getValue(graph), bundle.verifiedArtifact(graph))
 
+    /** Loads graphs as one unit: when one fails (a checksum, the runtime), those already loaded are freed. */
+    private fun openAll(graphs: List<String>): Map<String, GraphRunner> {
+        val opened = LinkedHashMap<String, GraphRunner>()
+        try {
+            for (g in graphs) opened[g] = open(g)
+        } catch (e: Throwable) {
+            opened.values.forEach { it.close() }
+            throw e
+        }
+        return opened
+    }
+
+    private fun openShared(): Map<String, GraphRunner> {
+        val t0 = System.nanoTime()
+        return openAll(manifest.sharedGraphs).also { sharedLoadMillis = (System.nanoTime() - t0) / 1e6 }
+    }
+
+    /** Frees every loaded graph (shared and experts). Idempotent; classify() after close() is an error. */
+    override fun close() {
+        if (closed) return
+        closed = true
+        experts.clear()
+        shared.values.forEach { it.close() }
+    }
+
     fun classify(input: FloatArray): Result {
+        check(!closed) { "this RoutedModel was closed: open the bundle again" }
         val t = LinkedHashMap<String, Double>()
         fun <R> timed(stage: String, f: () -> R): R {
             val t0 = System.nanoTime()

@@ -29,7 +29,7 @@ object Routing {
     }
 
     fun softmax(logits: FloatArray): DoubleArray {
-        val max = logits.max() ?: 0f
+        val max = logits.maxOrNull() ?: 0f
         val exps = logits.map { Math.exp((it - max).toDouble()) }
         val sum = exps.sum()
         return exps.map { it / sum }.toDoubleArray()
@@ -61,5 +61,5 @@ object Routing {
         return out
     }
 
-    fun argmax(x: FloatArray): Int = x.indices.maxBy { x[it] } ?: -1
+    fun argmax(x: FloatArray): Int = x.indices.maxByOrNull { x[it] } ?: -1
 }

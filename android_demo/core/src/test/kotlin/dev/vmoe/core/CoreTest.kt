@@ -212,7 +212,7 @@ class CoreTest {
         assertTrue(SelfTest.run(replayModel(dir)).passed)
         assertTrue(SelfTest.require(replayModel(dir)).logitsSnrDb > 100)
 
-        val copy = createTempDir("vmoe-fused")
+        val copy = kotlin.io.path.createTempDirectory("vmoe-fused").toFile()
         dir.copyRecursively(copy, overwrite = true)
         val m = JSONObject(File(copy, "manifest.json").readText())
         m.getJSONObject("model").getJSONObject("config").put("std", org.json.JSONArray(listOf(0.5)))
@@ -226,6 +226,82 @@ class CoreTest {
 
         val drifting = SelfTest.run(replayModel(dir, logitsOffset = 0.5f))
         assertTrue(drifting.failures.toString(), drifting.failures.any { it.startsWith("stage logits") })
+    }
+
+    /** close() frees every graph the model loaded, shared and experts; a load that fails midway frees the graphs
+     *  it had loaded; a closed model refuses to run. */
+    @Test fun closeFreesEveryGraph() {
+        val live = HashSet<String>()
+        fun loader(failOn: String?): GraphLoader = { g, _ ->
+            if (g.name == failOn) throw ManifestException("cannot load ${g.name}")
+            live.add(g.name)
+            object : GraphRunner {
+                override fun run(inputs: List<FloatArray>) = listOf(inputs[0])
+                override fun close() { live.remove(g.name) }
+            }
+        }
+        val model = RoutedModel(Bundle(bundleDir), loader(null))
+        for (e in 0 until manifest.numExperts) model.experts.get(e)
+        assertEquals(manifest.graphs.size, live.size)
+        model.close()
+        model.close()
+        assertEquals(emptySet<String>(), live)
+        try {
+            model.classify(floatArrayOf(0f))
+            fail("a closed model ran")
+        } catch (e: IllegalStateException) {
+            assertTrue(e.message!!.contains("closed"))
+        }
+        expectManifestError("cannot load") { RoutedModel(Bundle(bundleDir), loader(manifest.sharedGraphs.last())) }
+        assertEquals(emptySet<String>(), live)
+        RoutedModel(Bundle(bundleDir), loader(manifest.expertGraphs(1).last())).use { m ->
+            expectManifestError("cannot load") { m.experts.get(1) }
+            assertEquals(manifest.sharedGraphs.toSet(), live)
+        }
+        assertEquals(emptySet<String>(), live)
+    }
+
+    /** The phone benchmark's report, produced by the same code the app runs (graphs replaying the fused bundle's
+     *  golden stages stand in for a runtime): every field vmoe-bench reads is there. With -Dvmoe.benchOut=FILE it
+     *  is written there, for tests/test_apps.py to parse with vmoe_export.bench.device. */
+    @Test fun deviceBenchWritesItsReport() {
+        val fusedDir = System.getProperty("vmoe.fusedBundle") ?: ""
+        assumeTrue("no fused bundle given (run_tests.sh BUNDLE FUSED_BUNDLE)", fusedDir.isNotEmpty())
+        val dir = File(fusedDir)
+        val pss = MemoryProbe {
+            File("/proc/self/smaps_rollup").takeIf { it.canRead() }?.readLines()
+                ?.firstOrNull { it.startsWith("Pss:") }?.split(Regex("\\s+"))?.get(1)?.toLong() ?: 0L
+        }
+        var denseClosed = false
+        val dense = {
+            object : GraphRunner {
+                override fun run(inputs: List<FloatArray>) = listOf(FloatArray(10))
+                override fun close() { denseClosed = true }
+            }
+        }
+        val inputs = Samples.golden(Bundle(dir)).map { it.input }
+        val device = DeviceInfo("JVM", System.getProperty("java.vm.name"), System.getProperty("java.version"), 0,
+            listOf(System.getProperty("os.arch")))
+        val report = DeviceBench.run({ replayModel(dir) }, inputs, BenchSettings(warmup = 2, runs = 9, coldTrials = 2),
+            device, pss, dense)
+        assertTrue(denseClosed)
+        assertEquals(DeviceBench.SCHEMA, report.getString("schema"))
+        val split = report.getJSONObject("split")
+        val fused = Bundle(dir).manifest
+        assertEquals(9, split.getJSONObject("end_to_end").getInt("n"))
+        assertEquals(2 * fused.numExperts, split.getJSONObject("expert_cold_load").getInt("n"))
+        assertEquals(9, split.getJSONArray("routed_histogram").ints("h").sum())
+        assertEquals(fused.numExperts, split.getJSONArray("expert_bytes").length())
+        assertTrue(split.getDouble("self_test_ms") > 0)
+        assertEquals("fused", report.getJSONObject("bundle").getString("schedule"))
+        assertEquals(Bundle(dir).digest, report.getJSONObject("bundle").getString("digest"))
+        assertEquals(9, report.getJSONObject("dense_twin").getInt("n"))
+        assertEquals(setOf("before_open", "shared_graphs", "first_image", "all_experts"),
+            report.getJSONObject("memory").getJSONObject("pss_kb").keySet())
+        val out = System.getProperty("vmoe.benchOut").orEmpty().ifEmpty { File.createTempFile("vmoe-bench", ".json").path }
+        DeviceBench.write(report, File(out))
+        assertEquals(report.toString(), JSONObject(File(out).readText()).toString())
+        assertEquals(listOf(File(out).name), File(out).absoluteFile.parentFile.list()!!.filter { it.contains(File(out).nameWithoutExtension) })
     }
 
     /** A RoutedModel over a fused bundle whose graphs return the golden stages of the case whose input they get. */
@@ -243,7 +319,7 @@ class CoreTest {
             object : GraphRunner {
                 override fun run(inputs: List<FloatArray>): List<FloatArray> = when (g.role) {
                     "trunk" -> {
-                        current = all.minBy { c -> c.arr("input", "case").floats("input").zip(inputs[0]).map { (a, b) -> Math.abs(a - b) }.max() ?: 0f }!!
+                        current = all.minByOrNull { c -> c.arr("input", "case").floats("input").zip(inputs[0]).maxOfOrNull { (a, b) -> Math.abs(a - b) } ?: 0f }!!
                         listOf(unpack(current.getJSONObject("stages").getJSONObject("tokens")), current.arr("router_logits", "case").floats("r"))
                     }
                     "expert" -> listOf(unpack(current.getJSONObject("stages").getJSONObject(last)))
@@ -283,7 +359,7 @@ class CoreTest {
     }
 
     private fun copyBundle(): File {
-        val dst = createTempDir("vmoe-bundle")
+        val dst = kotlin.io.path.createTempDirectory("vmoe-bundle").toFile()
         bundleDir.copyRecursively(dst, overwrite = true)
         return dst
     }
