@@ -14,6 +14,7 @@ from typing import Any
 
 from ._version import __version__
 from .backends import Backend
+from .native_output import quiet
 from .quantize import FP32, GraphQuant
 from .split import Graph
 from .tensor_digest import update_tensors
@@ -36,13 +37,15 @@ def convert(graph: Graph, backend: Backend, backend_options: Any, path: Path, ca
     """Write one graph's artifact to `path`: from the cache when it holds the same key, else by converting
     (and then filling the cache, atomically). cache None: always convert."""
     if cache is None:
-        backend.export(graph, path, backend_options, quant)
+        with quiet(f"{backend.name} conversion of {graph.name}"):
+            backend.export(graph, path, backend_options, quant)
         return
     cached = Path(cache) / f"{artifact_key(graph, backend, backend_options, quant)}{backend.suffix}"
     if not cached.exists():
         Path(cache).mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex[:8]}")
-        backend.export(graph, tmp, backend_options, quant)
+        with quiet(f"{backend.name} conversion of {graph.name}"):
+            backend.export(graph, tmp, backend_options, quant)
         os.replace(tmp, cached) if tmp.is_file() else tmp.rename(cached)
     if cached.is_dir():
         shutil.copytree(cached, path)

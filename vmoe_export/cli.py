@@ -8,8 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, add_schedule_argument, build_side_missing,
-                       fail, resolve_model, run_command)
+from .clitools import (DEFAULT_CONFIG, add_data_dir_argument, add_model_arguments, add_schedule_argument,
+                       add_verbose_argument, apply_verbose, build_side_missing, fail, resolve_model, run_command)
 from .config import list_configs
 
 
@@ -61,6 +61,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0 = all; for smoke tests)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT instead of refusing")
+    add_verbose_argument(p)
     return p
 
 
@@ -68,6 +69,7 @@ def train_main(argv: list[str] | None = None) -> int:
     if (code := build_side_missing("vmoe-train")) is not None:
         return code
     args = train_parser().parse_args(argv)
+    apply_verbose(args)
     errors = [n for n, v in (("--dense-epochs", args.dense_epochs), ("--moe-epochs", args.moe_epochs),
                              ("--batch-size", args.batch_size)) if v < 1]
     if errors:
@@ -156,6 +158,7 @@ def export_parser() -> argparse.ArgumentParser:
     add_schedule_argument(p)
     p.add_argument("--golden-images", type=int, default=o.golden_images, help=f"test images written as golden vectors (the apps' exact checks and every runtime's self-test; at least 1; default {o.golden_images})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose_argument(p)
     return p
 
 
@@ -168,6 +171,7 @@ def export_main(argv: list[str] | None = None) -> int:
     if (code := build_side_missing("vmoe-export")) is not None:
         return code
     args = export_parser().parse_args(argv)
+    apply_verbose(args)
 
     def body():
         from .api import export as api_export
@@ -223,11 +227,13 @@ def predict_parser(prog: str = "vmoe-predict") -> argparse.ArgumentParser:
                    help="skip the self-test at open (the bundle's golden vectors run on this machine and must match "
                    "within the tolerances recorded at export); on by default")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    add_verbose_argument(p)
     return p
 
 
 def predict_main(argv: list[str] | None = None, prog: str = "vmoe-predict") -> int:
     args = predict_parser(prog).parse_args(argv)
+    apply_verbose(args)
 
     def body():
         import json
@@ -273,11 +279,13 @@ def verify_parser() -> argparse.ArgumentParser:
                    help="with --images: an fp32 bundle of the same model to report top-1 and routing agreement against")
     p.add_argument("--threads", type=int, default=0, help=f"runtime threads, 1 to {MAX_THREADS} (default 0: the runtime's own)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_verbose_argument(p)
     return p
 
 
 def verify_main(argv: list[str] | None = None) -> int:
     args = verify_parser().parse_args(argv)
+    apply_verbose(args)
     prog = "vmoe-export verify"
 
     def body():

@@ -39,7 +39,7 @@ _NOISY_LOGGERS = ("torchao", "torch.onnx", "torch.utils._pytree")
 def quiet_converters() -> None:
     """Hide the converters' Python-side chatter (deprecations, optional kernels they could not load) so our
     progress and errors stay readable. VMOE_VERBOSE=1 shows it all. Logs printed by native code (TF's oneDNN
-    notice, ExecuTorch's cpuinfo probe) bypass Python and still appear."""
+    notice, ExecuTorch's cpuinfo probe) bypass Python: native_output.quiet catches those around each call."""
     if os.environ.get("VMOE_VERBOSE"):
         return
     import logging
@@ -69,6 +69,19 @@ def converters_quiet():
         finally:
             for name, lg in loggers.items():
                 lg.setLevel(levels[name])
+
+
+def add_verbose_argument(parser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show what the converters and runtimes print themselves (Python warnings, native log lines "
+                        "such as ExecuTorch's cpuinfo probe or TFLite's delegate notice), hidden by default; same as "
+                        "VMOE_VERBOSE=1")
+
+
+def apply_verbose(args) -> None:
+    """--verbose is VMOE_VERBOSE=1 for this process (native_output.quiet and quiet_converters read it)."""
+    if getattr(args, "verbose", False):
+        os.environ["VMOE_VERBOSE"] = "1"
 
 
 def build_side_missing(prog: str) -> int | None:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..clitools import add_data_dir_argument, add_model_arguments, add_schedule_argument, resolve_model, run_command
+from ..clitools import (add_data_dir_argument, add_model_arguments, add_schedule_argument, add_verbose_argument,
+                        apply_verbose, resolve_model, run_command)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
                    help="with --device: install this demo app build first (android_demo/app/build/outputs/apk/debug/"
                    "app-debug.apk); without it the app must already be installed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose_argument(p)
     return p
 
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if (code := build_side_missing("vmoe-bench")) is not None:
         return code
     args = parser().parse_args(argv)
+    apply_verbose(args)
     if args.apk is not None and args.device is None:
         return fail("vmoe-bench", "--apk installs the demo app on a phone: pass it with --device adb[:SERIAL]")
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..backends import RunOptions, get_backend
+from ..native_output import quiet
 from ..runtime import BundleRuntime
 from ..split import Graph, run_split, split_model
 from .baselines import monolithic_graph
@@ -134,7 +135,8 @@ def bench_single_graph(target: str, graph: Graph, x: np.ndarray, s: BenchSetting
     t0 = time.perf_counter()
     convert(graph, backend, backend.make_options(), path, cache)
     export_s = time.perf_counter() - t0
-    run = backend.load(path, graph.io(), s.run_options)
+    with quiet(f"{target} loading {graph.name}"):
+        run = backend.load(path, graph.io(), s.run_options)
     result = time_calls(lambda: run([x]), s.warmup, s.runs)
     return {**result, "export_s": export_s, "size_bytes": path.stat().st_size}
 
