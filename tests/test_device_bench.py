@@ -67,6 +67,11 @@ def test_device_spec_and_device_choice():
         connect("adb:C3", which=lambda _: "/usr/bin/adb", run=listing(two))
     with pytest.raises(DeviceError, match="offline: reconnect it"):
         connect("adb", which=lambda _: "adb", run=listing("List of devices attached\nA1\toffline\n"))
+    def hung(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    with pytest.raises(DeviceError, match="did not answer within 60 s"):
+        connect("adb", which=lambda _: "adb", run=hung)
     daemon = "* daemon not running; starting now at tcp:5037\n* daemon started successfully\nList of devices attached\nA1\tdevice\n"
     assert connect("adb", which=lambda _: "adb", run=listing(daemon)).serial == "A1"
 

@@ -53,6 +53,17 @@ class DeviceRun:
     dense: Path | None = None
 
 
+def _call(run, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """One adb call; a hung or missing adb is a DeviceError naming the command, not a traceback."""
+    try:
+        return run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"`{' '.join(cmd)}` did not answer within {timeout:.0f} s: check the USB connection "
+                          "(`adb kill-server` restarts adb)") from None
+    except OSError as e:
+        raise DeviceError(f"cannot run {cmd[0]}: {e}") from None
+
+
 def parse_device_spec(spec: str) -> str | None:
     """'adb' -> None (the one attached device), 'adb:SERIAL' -> SERIAL."""
     kind, _, serial = spec.partition(":")
@@ -68,7 +79,7 @@ def connect(spec: str, which=shutil.which, run=subprocess.run) -> AdbDevice:
     if adb is None:
         raise DeviceError("adb not found on PATH: install Android platform-tools (Debian: apt-get install adb), attach "
                           "a phone with USB debugging on, or run vmoe-bench without --device")
-    r = run([adb, "devices"], capture_output=True, text=True, timeout=60)
+    r = _call(run, [adb, "devices"], 60)
     if r.returncode != 0:
         raise DeviceError(f"`adb devices` failed ({(r.stderr or r.stdout).strip()[:200]}): restart the server with "
                           "`adb kill-server`, then try again")
@@ -132,7 +143,7 @@ def result_command(dev: AdbDevice, target: str, suffix: str = "json") -> list[st
 
 
 def _check(run, cmd: list[str], what: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    r = run(cmd, capture_output=True, text=True, timeout=timeout)
+    r = _call(run, cmd, timeout)
     if r.returncode != 0:
         raise DeviceError(f"{what} failed: {' '.join(cmd[3:])}: {(r.stderr or r.stdout).strip()[:300]}")
     return r
@@ -145,7 +156,7 @@ def ensure_app(dev: AdbDevice, apk: Path | None, run=subprocess.run) -> None:
             raise DeviceError(f"--apk {apk} does not exist: build it with `./gradlew :app:assembleDebug` in android_demo/")
         _check(run, dev.argv("install", "-r", str(apk)), f"installing {apk}")
         return
-    r = run(dev.argv("shell", "pm", "path", APP_ID), capture_output=True, text=True, timeout=60)
+    r = _call(run, dev.argv("shell", "pm", "path", APP_ID), 60)
     if "package:" not in r.stdout:
         raise DeviceError(f"the demo app ({APP_ID}) is not installed on {dev.serial}: build it (android_demo/README.md) "
                           "and pass --apk android_demo/app/build/outputs/apk/debug/app-debug.apk")
@@ -163,14 +174,14 @@ def run_on_device(dev: AdbDevice, job: DeviceRun, run=subprocess.run, timeout_s:
            f"starting the benchmark on {dev.serial}")
     deadline = time.monotonic() + timeout_s
     while True:
-        r = run(result_command(dev, job.target), capture_output=True, text=True, timeout=120)
+        r = _call(run, result_command(dev, job.target), 120)
         if r.returncode == 0 and r.stdout.strip():
             report = parse_device_report(r.stdout, f"{dev.serial}:files/bench/{job.target}.json")
             if report["bundle"]["digest"] != digest:
                 raise DeviceError(f"the device report is of bundle {report['bundle']['digest'][:16]}..., not the pushed "
                                   f"{digest[:16]}...: run again")
             return report
-        e = run(result_command(dev, job.target, "error"), capture_output=True, text=True, timeout=120)
+        e = _call(run, result_command(dev, job.target, "error"), 120)
         if e.returncode == 0 and e.stdout.strip():
             raise DeviceError(f"the benchmark failed on {dev.serial}: {e.stdout.strip()[:500]} "
                               f"(full log: adb -s {dev.serial} logcat -s vmoe-bench)")
