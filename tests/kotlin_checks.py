@@ -111,7 +111,7 @@ def unresolved_imports(source: bytes, declarations: dict[str, set[str]]) -> list
     return problems
 
 
-def _guard_level(node, source: bytes) -> int:
+def _guard_level(node) -> int:
     """The API level the code around `node` is known to run at: SDK_INT checks of enclosing ifs (their then-branch)
     and @RequiresApi on enclosing declarations."""
     level = 0
@@ -119,15 +119,11 @@ def _guard_level(node, source: bytes) -> int:
     parent = node.parent
     while parent is not None:
         if parent.type == "if_expression":
+            # The grammar names the condition but not the branches: the then-branch is the first block after it.
             cond = parent.child_by_field_name("condition")
-            cond_text = (cond.text if cond is not None else parent.text.split(b")")[0]).decode()
-            then_branch = parent.child_by_field_name("consequence")
-            in_then = then_branch is not None and then_branch.start_byte <= child.start_byte < then_branch.end_byte
-            if then_branch is None:  # grammar without fields: the first block after the condition
-                blocks = [c for c in parent.children if c.type in ("block", "control_structure_body")]
-                in_then = bool(blocks) and blocks[0].start_byte <= child.start_byte < blocks[0].end_byte
-            if in_then:
-                level = max(level, _sdk_check(cond_text))
+            blocks = [c for c in parent.children if c.type in ("block", "control_structure_body")]
+            if cond is not None and blocks and blocks[0].start_byte <= child.start_byte < blocks[0].end_byte:
+                level = max(level, _sdk_check(cond.text.decode()))
         if parent.type in ("function_declaration", "class_declaration", "object_declaration"):
             ann = b"".join(c.text for c in parent.children if c.type == "modifiers")
             prev = parent.prev_sibling  # a top-level `@RequiresApi(N) fun` parses as an annotated expression before it
@@ -171,7 +167,7 @@ def api_level_problems(source: bytes, minimum: int) -> list[str]:
         prev = node.prev_sibling or (node.parent.prev_sibling if node.parent is not None else None)
         if name in MEMBER_API and prev is not None and prev.type in (".", "?."):
             need = max(need, MEMBER_API[name])
-        if need > minimum and _guard_level(node, source) < need:
+        if need > minimum and _guard_level(node) < need:
             problems.append(f"line {node.start_point[0] + 1}: {name} needs API {need} (min-sdk {minimum}): guard it with "
                             f"`if (Build.VERSION.SDK_INT >= {need})` or @RequiresApi({need})")
     return problems

@@ -36,16 +36,18 @@ def convert(graph: Graph, backend: Backend, backend_options: Any, path: Path, ca
             quant: GraphQuant = FP32) -> None:
     """Write one graph's artifact to `path`: from the cache when it holds the same key, else by converting
     (and then filling the cache, atomically). cache None: always convert."""
-    if cache is None:
+    def export(dst: Path) -> None:
         with quiet(f"{backend.name} conversion of {graph.name}"):
-            backend.export(graph, path, backend_options, quant)
+            backend.export(graph, dst, backend_options, quant)
+
+    if cache is None:
+        export(path)
         return
     cached = Path(cache) / f"{artifact_key(graph, backend, backend_options, quant)}{backend.suffix}"
     if not cached.exists():
         Path(cache).mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{uuid.uuid4().hex[:8]}")
-        with quiet(f"{backend.name} conversion of {graph.name}"):
-            backend.export(graph, tmp, backend_options, quant)
+        export(tmp)
         os.replace(tmp, cached) if tmp.is_file() else tmp.rename(cached)
     if cached.is_dir():
         shutil.copytree(cached, path)

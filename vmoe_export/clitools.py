@@ -40,7 +40,9 @@ def quiet_converters() -> None:
     """Hide the converters' Python-side chatter (deprecations, optional kernels they could not load) so our
     progress and errors stay readable. VMOE_VERBOSE=1 shows it all. Logs printed by native code (TF's oneDNN
     notice, ExecuTorch's cpuinfo probe) bypass Python: native_output.quiet catches those around each call."""
-    if os.environ.get("VMOE_VERBOSE"):
+    from .native_output import verbose
+
+    if verbose():
         return
     import logging
     import warnings

@@ -1,16 +1,12 @@
 package dev.vmoe.demo
 
 import android.app.Activity
-import android.os.Build
 import android.os.Bundle
-import android.os.Debug
 import android.util.Log
 import dev.vmoe.core.BenchSettings
 import dev.vmoe.core.Bundle as VmoeBundle
 import dev.vmoe.core.DeviceBench
-import dev.vmoe.core.DeviceInfo
 import dev.vmoe.core.ManifestException
-import dev.vmoe.core.MemoryProbe
 import dev.vmoe.core.RoutedModel
 import dev.vmoe.core.Samples
 import dev.vmoe.core.Sha256
@@ -71,9 +67,7 @@ class BenchmarkActivity : Activity() {
             val shape = longArrayOf(1, p.channels.toLong(), p.imageSize.toLong(), p.imageSize.toLong())
             ({ singleGraph(target, file, shape, settings.threads) })
         }
-        val device = DeviceInfo(Build.MANUFACTURER, Build.MODEL, Build.VERSION.RELEASE, Build.VERSION.SDK_INT,
-            Build.SUPPORTED_ABIS.toList())
-        return DeviceBench.run(open, inputs, settings, device, MemoryProbe { Debug.getPss() }, dense) { Log.i(TAG, it) }
+        return DeviceBench.run(open, inputs, settings, Platform.device, Platform.pss, dense) { Log.i(TAG, it) }
     }
 
     /** A path inside the app's files directory; anything that escapes it is refused. */

@@ -7,7 +7,6 @@ import android.media.ExifInterface
 import android.net.Uri
 import android.os.Build
 import android.os.Bundle
-import android.os.Debug
 import androidx.activity.ComponentActivity
 import androidx.activity.compose.rememberLauncherForActivityResult
 import androidx.activity.compose.setContent
@@ -29,8 +28,6 @@ import androidx.compose.ui.Modifier
 import androidx.compose.ui.unit.dp
 import dev.vmoe.core.BenchSettings
 import dev.vmoe.core.DeviceBench
-import dev.vmoe.core.DeviceInfo
-import dev.vmoe.core.MemoryProbe
 import dev.vmoe.core.Pixels
 import dev.vmoe.core.Preprocessing
 import dev.vmoe.core.RoutedModel
@@ -112,9 +109,8 @@ class MainActivity : ComponentActivity() {
     private fun benchmark(t: String) = background {
         closeModel()  // the benchmark opens its own model; measure it alone
         val bundle = BundleStore.open(this, t)
-        val device = DeviceInfo(Build.MANUFACTURER, Build.MODEL, Build.VERSION.RELEASE, Build.VERSION.SDK_INT, Build.SUPPORTED_ABIS.toList())
         val r = DeviceBench.run({ RoutedModel(bundle, loaderFor(t)) }, Samples.golden(bundle).map { it.input },
-            BenchSettings(warmup = 10, runs = 100, coldTrials = 1), device, MemoryProbe { Debug.getPss() })
+            BenchSettings(warmup = 10, runs = 100, coldTrials = 1), Platform.device, Platform.pss)
         val split = r.getJSONObject("split")
         val e2e = split.getJSONObject("end_to_end")
         val mem = r.getJSONObject("memory")

@@ -30,8 +30,7 @@ object SelfTest {
         var routed = 0
         var top1 = 0
         for (c in cases) {
-            val pixels = c.arr("pixels_u8", "case").ints("pixels_u8", 0, 255).map { it.toByte() }.toByteArray()
-            val input = Routing.preprocess(pixels, pre)
+            val input = Routing.preprocess(Samples.pixels(c), pre)
             inputDiff = maxOf(inputDiff, maxAbsDiff(c.arr("input", "case").floats("input"), input))
             val result = model.classify(input)
             // Quantized bundles keep fp32 PyTorch's values apart; an fp32 bundle's cases are PyTorch's own.
