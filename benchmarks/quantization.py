@@ -7,12 +7,13 @@ every image (accuracy, routing, per-expert output SNR on test hidden states), an
 vs kept fp32 (routing agreement).
 
 Paper scale (vit-12x192-moe, E=10, k=1, random init, synthetic images: latency and size only):
-size and latency per backend and mode, 1 thread.
+size and latency per backend, mode and schedule (per-layer and fused), 1 thread.
 
 Writes OUT/quantization.json, OUT/quantization.md and OUT/quantization_size_latency.png.
 
     .venv/bin/python benchmarks/quantization.py                 # the committed run (about 35 min on 2 cores)
     .venv/bin/python benchmarks/quantization.py --quick --out /tmp/q   # a few minutes, fewer images
+    .venv/bin/python benchmarks/quantization.py --only paper    # re-run paper scale, keep the recorded toy rows
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def toy(work: Path, parity_images: int, ablation_images: int, settings, progress
     test = data.split
     calib, _ = calibration_split(None, "fashion-mnist", cfg.image_size, cfg.in_chans, QuantOptions().calibration_images)
     images = [preprocess(test.images[i : i + 1], cfg).numpy() for i in range(64)]
+    # The toy rows and ablations compare modes on one schedule: per-layer, whose expert graphs the ablations read.
     base = ExportOptions(parity_images=parity_images, bounds=record_only(), golden_images=1, progress=False,
-                         eval_data={"kind": data.kind, "description": data.description})
+                         schedule="per-layer", eval_data={"kind": data.kind, "description": data.description})
     rows, ablations = [], []
     for t in runtime_targets():
         for mode in describe(t).quantization:
@@ -159,26 +161,40 @@ def paper(work: Path, settings, progress, config: str) -> dict:
         for mode in ("none", "dynamic-int8", "static-int8"):
             if not supports(t, mode):
                 continue
-            progress(f"paper {cfg.name} {t} {mode}")
-            quant = QuantOptions(mode, calibration_images=len(calib), min_samples=1)
-            path, report = export(ckpt, t, work / f"paper-{t}-{mode}", test, quant, base, calib.images)
-            rows.append({"backend": t, "mode": mode, **bundle_row(path, report, settings, images, memory=False)})
+            for schedule in ("per-layer", "fused"):
+                progress(f"paper {cfg.name} {t} {mode} {schedule}")
+                quant = QuantOptions(mode, calibration_images=len(calib), min_samples=1)
+                path, report = export(ckpt, t, work / f"paper-{t}-{mode}-{schedule}", test, quant,
+                                      replace(base, schedule=schedule), calib.images)
+                rows.append({"backend": t, "mode": mode, "schedule": schedule,
+                             **bundle_row(path, report, settings, images, memory=False)})
     return {"config": cfg.name, "rows": rows}
 
 
 def ratios(rows: list[dict]) -> None:
-    """Size and latency of each int8 row relative to its backend's fp32 row."""
-    fp32 = {r["backend"]: r for r in rows if r["mode"] == "none"}
+    """Size and latency of each row relative to its backend's fp32 row of the same schedule, and (fused rows)
+    relative to the per-layer row of the same backend and mode."""
+    key = lambda r: (r["backend"], r.get("schedule", "per-layer"))  # noqa: E731
+    fp32 = {key(r): r for r in rows if r["mode"] == "none"}
+    per_layer = {(r["backend"], r["mode"]): r for r in rows if r.get("schedule", "per-layer") == "per-layer"}
     for r in rows:
-        base = fp32[r["backend"]]
+        base = fp32[key(r)]
         r["size_ratio"] = round(r["size_bytes"] / base["size_bytes"], 3)
         r["latency_ratio"] = round(r["latency_ms"]["median_ms"] / base["latency_ms"]["median_ms"], 3)
+        if r.get("schedule") == "fused":
+            pl = per_layer[(r["backend"], r["mode"])]
+            r["size_over_per_layer"] = round(r["size_bytes"] / pl["size_bytes"], 3)
+            r["latency_over_per_layer"] = round(r["latency_ms"]["median_ms"] / pl["latency_ms"]["median_ms"], 3)
 
 
 def markdown(result: dict) -> str:
+    toy_run = result.get("toy_run")
     out = ["# Quantized bundles: fp32 vs int8 per backend", "",
            f"Run: `{result['command']}` on {result['machine']['cpu']} ({result['machine']['logical_cores']} cores), "
            f"{result['seconds'] / 60:.1f} min. "
+           + (f"The toy rows and ablations are kept from an earlier run (`{toy_run['command']}`, "
+              f"{toy_run['seconds'] / 60:.1f} min): {toy_run['note']} " if toy_run else "")
+           + 
            "Latency: median ms of the routed runtime, 1 thread. Ratios are against the same backend's fp32 bundle "
            "in this run. Router kept fp32 unless noted (see the ablation).", "",
            f"## Toy: fmnist-tiny (trained), parity on {result['toy']['rows'][0]['parity']['images']} test images", "",
@@ -203,13 +219,20 @@ def markdown(result: dict) -> str:
                    f"{a['expert_snr_db_mean']:.1f} / {a['expert_snr_db_min']:.1f} |")
     pr = result["paper"]
     out += ["", f"## Paper scale: {pr['config']}, random init (synthetic: latency and size only, not accuracy)", "",
-            "| backend | mode | size MB | size / fp32 | latency ms (median, p90) | latency / fp32 | trunk ms | attention ms | experts ms | export s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "Ratios / fp32 are against the same backend's fp32 bundle of the same schedule; fused / per-layer against "
+            "the same backend and mode. Fused int8 bundles keep the fp32 router as a graph of its own (4 graph calls "
+            "per image; fp32 fused: 3; per-layer: 7). Stage columns: per-layer attention and experts, or the fused "
+            "expert path (attention and MLP of both MoE layers) under experts.", "",
+            "| backend | mode | schedule | size MB | size / fp32 | latency ms (median, p90) | latency / fp32 | "
+            "fused / per-layer size, latency | trunk ms | attention ms | experts ms | export s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in pr["rows"]:
         s = r["stages_ms"]
-        out.append(f"| {r['backend']} | {r['mode']} | {r['size_bytes'] / 1e6:.2f} | {r['size_ratio']:.2f} | "
-                   f"{r['latency_ms']['median_ms']:.2f}, {r['latency_ms']['p90_ms']:.2f} | {r['latency_ratio']:.2f} | "
-                   f"{s.get('trunk', 0):.2f} | {s.get('attention', 0):.2f} | {s.get('experts', 0):.2f} | {r['export_seconds']:.0f} |")
+        vs = (f"{r['size_over_per_layer']:.2f}, {r['latency_over_per_layer']:.2f}" if "size_over_per_layer" in r else "")
+        out.append(f"| {r['backend']} | {r['mode']} | {r.get('schedule', 'per-layer')} | {r['size_bytes'] / 1e6:.2f} | "
+                   f"{r['size_ratio']:.2f} | {r['latency_ms']['median_ms']:.2f}, {r['latency_ms']['p90_ms']:.2f} | "
+                   f"{r['latency_ratio']:.2f} | {vs} | {s.get('trunk', 0):.2f} | {s.get('attention', 0):.2f} | "
+                   f"{s.get('experts', 0):.2f} | {r['export_seconds']:.0f} |")
     return "\n".join(out) + "\n"
 
 
@@ -244,6 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--work", type=Path, default=None, help="where bundles are built (default: a temp dir)")
     p.add_argument("--paper-config", default="vit-12x192-moe")
+    p.add_argument("--only", choices=["paper"], default=None,
+                   help="re-run only the paper-scale section; the toy rows and ablations are kept from OUT/quantization.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from vmoe_export.bench.measure import BenchSettings
@@ -259,14 +284,24 @@ def main(argv=None) -> int:
     def progress(msg):
         print(f"[{(time.time() - started) / 60:5.1f} min] {msg}", file=sys.stderr, flush=True)
 
+    recorded = args.out / "quantization.json"
+    if args.only and not recorded.exists():
+        p.error(f"--only paper keeps the toy rows of {recorded}, which does not exist: run without --only first")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        result = {"toy": toy(work, parity_images, ablation_images, settings, progress)}
+        if args.only:
+            old = json.loads(recorded.read_text())
+            result = {"toy": old["toy"], "toy_run": old.get("toy_run") or {
+                "command": old["command"], "seconds": old["seconds"],
+                "note": "measured on the checkpoint shipped then (MoE from scratch, 88.25% top-1), per-layer schedule."}}
+        else:
+            result = {"toy": toy(work, parity_images, ablation_images, settings, progress)}
         result["paper"] = paper(work, replace(settings, runs=20 if args.quick else 60), progress, args.paper_config)
     ratios(result["toy"]["rows"])
     ratios(result["paper"]["rows"])
-    result.update(command="python benchmarks/quantization.py" + (" --quick" if args.quick else ""),
-                  machine=machine_info(1), seconds=round(time.time() - started, 1))
+    result.update(command="python benchmarks/quantization.py" + (" --quick" if args.quick else "")
+                  + (f" --only {args.only}" if args.only else ""), machine=machine_info(1),
+                  seconds=round(time.time() - started, 1))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quantization.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "quantization.md").write_text(markdown(result))

@@ -100,8 +100,8 @@ def synthetic_test_set(n=40, seed=0):
 
 @pytest.fixture(scope="session")
 def tiny_onnx_bundle(tmp_path_factory):
-    """(bundle dir, checkpoint): the tiny config exported to ONNX (the fastest real converter), once per session.
-    Tests copy it before changing anything."""
+    """(bundle dir, checkpoint): the tiny config exported to ONNX (the fastest real converter), once per session,
+    in the per-layer schedule (every k; the tests edit its per-layer graphs). Tests copy it before changing anything."""
     from vmoe_export.exporter import ExportOptions, export_bundle
 
     torch.manual_seed(0)
@@ -109,6 +109,6 @@ def tiny_onnx_bundle(tmp_path_factory):
     ckpt = Checkpoint(cfg, MobileVMoE(cfg).state_dict(), [f"c{i}" for i in range(6)], [0, 0, 1, 1, 2, 2])
     images, labels = synthetic_test_set()
     out = tmp_path_factory.mktemp("bundles")
-    path, _ = export_bundle(ckpt, "onnx", out, images, labels, ExportOptions(parity_images=40, progress=False),
-                            log=lambda s: None)
+    path, _ = export_bundle(ckpt, "onnx", out, images, labels,
+                            ExportOptions(parity_images=40, progress=False, schedule="per-layer"), log=lambda s: None)
     return path, ckpt

@@ -47,7 +47,6 @@ def test_import_loads_no_torch_and_names_the_api():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(targets=["onnx"], schedule="fused", quantize="dynamic-int8"), "fp32 only"),
     (dict(targets=["onnx", "onnx"]), "listed twice"),
     (dict(targets=["tensorrt"]), "unknown target"),
     (dict(targets=[]), "no targets"),
@@ -125,14 +124,16 @@ def _calls(path, names: set[str]) -> set[str]:
 
 def test_each_rule_is_decided_in_one_module_and_the_commands_only_parse_and_print():
     pkg = REPO / "vmoe_export"
-    rules = {"for_backend", "check_quantization", "check_kind", "resolve_schedule", "graph_mode"}
+    rules = {"for_backend", "check_quantization", "check_kind", "resolve_schedule", "graph_mode", "router_apart"}
     deciders = {p.relative_to(pkg).as_posix(): _calls(p, rules) for p in pkg.rglob("*.py")}
     # plan.py resolves auto calibration, checks support and resolves the schedule; exporter.py asks the plan
-    # for one target; quantize.py and manifest.py apply the one router-precision rule.
+    # for one target; quantize.py and manifest.py apply the one router-precision rule (precision.router_apart
+    # derives from it whether a fused schedule keeps the router a graph of its own: plan.py and manifest.py ask).
     assert {m for m, c in deciders.items() if c & {"for_backend", "check_quantization"}} == {"plan.py"}
     assert {m for m, c in deciders.items() if "check_kind" in c} <= {"plan.py", "schedule.py"}
     assert {m for m, c in deciders.items() if "resolve_schedule" in c} <= {"plan.py", "exporter.py"}
-    assert {m for m, c in deciders.items() if "graph_mode" in c} == {"quantize.py", "manifest.py"}
+    assert {m for m, c in deciders.items() if "graph_mode" in c} == {"quantize.py", "manifest.py", "precision.py"}
+    assert {m for m, c in deciders.items() if "router_apart" in c} == {"plan.py", "manifest.py"}
     orchestration = {"export_bundle", "calibrate", "plan_export", "calibration_split", "run_benchmarks", "run_training"}
     for cli in ("cli.py", "bench/cli.py"):
         assert not _calls(pkg / cli, orchestration), f"{cli} orchestrates; it should call vmoe_export.api"

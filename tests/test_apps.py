@@ -124,24 +124,26 @@ def test_api_level_check_catches_unguarded_use(body, flagged):
 @pytest.mark.slow
 def test_kotlin_core_junit_against_golden_vectors(shipped_bundle, tmp_path):
     """The core's JUnit suite, compiled with the declared Kotlin compiler, on the shipped model's fp32 per-layer,
-    fused and dynamic-int8 ExecuTorch bundles; the benchmark report its DeviceBench wrote is read by vmoe-bench."""
+    fused (the default) and dynamic-int8 (fused, its fp32 router a graph of its own) ExecuTorch bundles; the
+    benchmark report its DeviceBench wrote is read by vmoe-bench."""
     from vmoe_export.bench.device import device_markdown, merge_device_reports, parse_device_report
     from vmoe_export.checkpoint import load_checkpoint
     from vmoe_export.data import load_fashion_mnist
     from vmoe_export.exporter import ExportOptions, export_bundle
     from vmoe_export.quantize import QuantOptions
 
-    bundle, report = shipped_bundle("executorch")
-    assert report["status"] == "pass"
+    fused, fused_report = shipped_bundle("executorch")  # auto: fused at k=1
     test = load_fashion_mnist().test
     ckpt = load_checkpoint(SHIPPED)
-    fused, fused_report = export_bundle(ckpt, "executorch", tmp_path / "fused", test.images, test.labels,
-                                        ExportOptions(parity_images=50, progress=False, schedule="fused"),
-                                        log=lambda s: None)
+    bundle, report = export_bundle(ckpt, "executorch", tmp_path / "per-layer", test.images, test.labels,
+                                   ExportOptions(parity_images=50, progress=False, schedule="per-layer"),
+                                   log=lambda s: None)
     int8, int8_report = export_bundle(ckpt, "executorch", tmp_path / "int8", test.images, test.labels,
                                       ExportOptions(progress=False, quant=QuantOptions("dynamic-int8")),
                                       log=lambda s: None)
-    assert fused_report["status"] == "pass" and int8_report["status"] == "pass"
+    assert report["status"] == fused_report["status"] == int8_report["status"] == "pass"
+    assert [json.loads((b / "manifest.json").read_text())["schedule"]["kind"] for b in (bundle, fused, int8)] == \
+        ["per-layer", "fused", "fused"]
     out = tmp_path / "device.json"
     r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(bundle), str(fused), str(int8)],
                        capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "VMOE_BENCH_OUT": str(out)})

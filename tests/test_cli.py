@@ -261,7 +261,6 @@ def test_train_dense_checkpoint_of_another_width_is_one_error_line(tmp_path, ima
 
 @pytest.mark.parametrize("args,message", [
     (["--config", "fmnist-tiny-k2", "--random-init", "--schedule", "fused"], "exact only for top_k=1"),
-    (["--config", "fmnist-tiny", "--random-init", "--schedule", "fused", "--quantize", "dynamic-int8"], "fp32 only"),
 ])
 def test_fused_schedule_where_it_does_not_apply_is_one_error_line(tmp_path, capsys, args, message):
     from vmoe_export.bench.cli import main as bench_main
@@ -269,8 +268,7 @@ def test_fused_schedule_where_it_does_not_apply_is_one_error_line(tmp_path, caps
 
     code, err = _in_process(export_main, [*args, "--target", "onnx", "--output", str(tmp_path / "b")], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith("vmoe-export: error:") and message in err[0], err
-    if "--quantize" not in args:  # vmoe-bench's --quantize takes modes to compare; its fp32 bundles decide the schedule
-        code, err = _in_process(bench_main, [*args, "--target", "onnx", "--bundles", str(tmp_path / "b"),
-                                             "--out", str(tmp_path / "r")], capsys)
-        assert code == 2 and len(err) == 1 and err[0].startswith("vmoe-bench: error:") and message in err[0], err
+    code, err = _in_process(bench_main, [*args, "--target", "onnx", "--bundles", str(tmp_path / "b"),
+                                         "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("vmoe-bench: error:") and message in err[0], err
     assert not (tmp_path / "b").exists() and not (tmp_path / "r").exists()

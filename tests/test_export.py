@@ -248,8 +248,14 @@ def test_backend_bundle_end_to_end(target, shipped_bundle):
     path, report = shipped_bundle(target)
     manifest = read_manifest(path)
     assert manifest["target"] == target and manifest["parity"] == report
-    assert len(manifest["graphs"]) == 3 + ckpt.config.moe_layers * (1 + ckpt.config.num_experts)
-    assert manifest["model"]["params_total"] == count_params(ckpt.build_model())
+    model = ckpt.build_model()
+    fused = model.schedule_of("fused")  # the default (auto) at k=1: trunk with the router, one path per expert, head
+    assert manifest["schedule"]["kind"] == "fused" and manifest["schedule"]["reason"].startswith("auto: k=1")
+    assert list(manifest["graphs"]) == [g.name for g in fused.graphs()]
+    assert len(manifest["graphs"]) == 2 + ckpt.config.num_experts
+    # params_total counts what the bundle stores: each path holds the MoE attention again
+    stored = sum(count_params(model.graph_module(g)) for g in fused.graphs())
+    assert manifest["model"]["params_total"] == stored > count_params(model)
     golden = json.loads((path / "golden" / "golden.json").read_text())
     inverted = [c for c in golden["cases"] if c["inverted"]]
     assert manifest["preprocessing"]["polarity"] == ckpt.config.polarity == "dark-background" and len(inverted) == 1

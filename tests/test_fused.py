@@ -76,14 +76,29 @@ def test_fused_split_equals_the_model_and_the_per_layer_split(seed):
 
 
 def test_resolve_schedule_rules():
-    fp32, int8 = QuantOptions(), QuantOptions("dynamic-int8")
-    assert resolve_schedule("auto", 1, fp32) == "fused"
-    assert resolve_schedule("auto", 2, fp32) == "per-layer"
-    assert resolve_schedule("auto", 1, int8) == "per-layer"
+    assert resolve_schedule("auto", 1) == "fused"  # fp32 and int8 alike
+    assert resolve_schedule("auto", 2) == "per-layer"
+    assert resolve_schedule("per-layer", 1) == "per-layer"
     with pytest.raises(ConfigError, match="top_k=1"):
-        resolve_schedule("fused", 2, fp32)
-    with pytest.raises(ConfigError, match="fp32 only"):
-        resolve_schedule("fused", 1, int8)
+        resolve_schedule("fused", 2)
+
+
+def test_the_router_is_its_own_graph_exactly_where_it_converts_apart():
+    from vmoe_export.plan import build_schedule, schedule_reason
+
+    cfg = tiny_config(top_k=1)
+    cases = [(QuantOptions(), False), (QuantOptions("dynamic-int8"), True), (QuantOptions("static-int8"), True),
+             (QuantOptions("dynamic-int8", router="int8"), False)]
+    for quant, apart in cases:
+        s = build_schedule(cfg, "fused", quant)
+        assert ("router" in s.shared_graphs) == apart and s.calls_per_image == (4 if apart else 3), quant
+        assert Schedule.from_json(json.loads(json.dumps(s.to_json()))) == s
+    assert build_schedule(cfg, "per-layer", QuantOptions()).calls_per_image == 3 + 2 * cfg.moe_layers
+    assert schedule_reason("auto", cfg, build_schedule(cfg, "fused", QuantOptions())) == \
+        f"auto: k=1, so fused: 3 graph calls per image instead of {3 + 2 * cfg.moe_layers} per-layer"
+    assert schedule_reason("per-layer", cfg, build_schedule(cfg, "per-layer", QuantOptions())).startswith("requested")
+    k2 = tiny_config(top_k=2)
+    assert schedule_reason("auto", k2, build_schedule(k2, "per-layer", QuantOptions())).startswith("auto: k=2 mixes")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +149,8 @@ def preprocess_for(ckpt, images_u8):
     lambda m: m["schedule"]["steps"][2]["experts"].reverse(),  # expert ids no longer name their paths
     lambda m: m["schedule"]["steps"][1].update(k=2),
     lambda m: m["model"].update(top_k=2),
+    # the fp32 bundle claims an int8 block: its router would have to be a graph of its own
+    lambda m: m.update(quantization={"mode": "dynamic-int8", "router": "fp32"}),
 ])
 def test_edited_fused_schedule_is_refused(fused_bundles, tmp_path, edit):
     from vmoe_export.bundle import DIGEST, manifest_digest

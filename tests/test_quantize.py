@@ -25,9 +25,12 @@ from vmoe_export.staging import reject_path
 from vmoe_export.compare import MAX_SNR_DB, snr_db
 from vmoe_export.quantize import QuantOptions, plan, record_inputs
 from vmoe_export.runtime import BundleRuntime
-from vmoe_export.split import split_model
+from vmoe_export.split import run_split, split_model
 
-COMBOS = [(b.name, m) for b in all_backends() for m in b.quantization if m != "none"]
+# Every backend and mode with the default schedule (auto: fused at k=1, its router a graph of its own), and the
+# per-layer schedule in static-int8, whose calibration takes the other road (per layer, per expert).
+COMBOS = [(b.name, m, "auto") for b in all_backends() for m in b.quantization if m != "none"]
+COMBOS += [(b.name, "static-int8", "per-layer") for b in all_backends() if "static-int8" in b.quantization]
 
 
 def _ckpt(seed=0):
@@ -45,15 +48,18 @@ def _options(mode, **kw):
                                                        min_snr_db=5.0 if mode == "static-int8" else None), **kw)
 
 
-@pytest.mark.parametrize("target,mode", COMBOS, ids=[f"{t}-{m}" for t, m in COMBOS])
-def test_every_backend_and_mode_exports_and_passes_parity(tmp_path, target, mode):
+@pytest.mark.parametrize("target,mode,schedule", COMBOS, ids=[f"{t}-{m}-{s}" for t, m, s in COMBOS])
+def test_every_backend_and_mode_exports_and_passes_parity(tmp_path, target, mode, schedule):
     ckpt = _ckpt()
     images, labels = synthetic_test_set()
     calib, _ = synthetic_test_set(n=32, seed=1)
-    path, report = export_bundle(ckpt, target, tmp_path, images, labels, _options(mode), log=lambda s: None,
-                                 calibration_images=calib)
+    path, report = export_bundle(ckpt, target, tmp_path, images, labels, _options(mode, schedule=schedule),
+                                 log=lambda s: None, calibration_images=calib)
     m = json.loads((path / "manifest.json").read_text())
     assert m["quantization"]["mode"] == mode and m["quantization"]["router"] == "fp32"
+    # k=1: auto is fused, and the fp32 router stays a graph of its own (4 calls per image, not 7)
+    assert m["schedule"]["kind"] == ("fused" if schedule == "auto" else "per-layer")
+    assert "router" in m["graphs"] and m["schedule"]["reason"].startswith("auto" if schedule == "auto" else "requested")
     for name, g in m["graphs"].items():
         assert g["quantization"]["mode"] == ("none" if g["role"] == "router" else mode), name
         assert (g["quantization"]["calibration"] is not None) == (mode == "static-int8" and g["role"] != "router")
@@ -118,6 +124,37 @@ def test_routed_calibration_gives_each_expert_only_its_images():
             assert p[g.name].calibration == {"source": "routed", "samples": len(seen[g.name])}
             assert all(torch.equal(a[0], b[0]) for a, b in zip(p[g.name].samples, seen[g.name], strict=True))
     assert p["router"].mode == "none" and p["trunk"].calibration == {"source": "all-images", "samples": len(x)}
+
+
+def test_fused_expert_paths_calibrate_on_their_routed_tokens_and_gates():
+    from vmoe_export.data import preprocess
+    from vmoe_export.plan import build_schedule
+    from vmoe_export.schedule import expert_path_graph
+
+    ckpt = _ckpt()
+    model = ckpt.build_model()
+    quant = QuantOptions("static-int8", calibration="routed", min_samples=4)
+    schedule = build_schedule(ckpt.config, "fused", quant)
+    assert [g.name for g in schedule.graphs()][:2] == ["trunk", "router"]  # the fp32 router is not in the trunk
+    graphs = split_model(model, schedule)
+    images, _ = synthetic_test_set(n=24, seed=3)
+    x = preprocess(images, ckpt.config)
+    seen, every = record_inputs(graphs, schedule, x)
+    traces = []
+    run_split(graphs, schedule, x, traces)
+    routed = [int(t["experts"][0]) for t in traces]
+    for e in range(ckpt.config.num_experts):
+        name = expert_path_graph(e)
+        assert len(seen[name]) == routed.count(e) and len(every[name]) == len(x)
+        for (tokens, gate), i in zip(seen[name], [i for i, r in enumerate(routed) if r == e], strict=True):
+            assert torch.equal(tokens, traces[i]["tokens"]) and gate.shape == (1, 1)
+            assert float(gate) == pytest.approx(float(traces[i]["gates"][0]))
+    p = plan(graphs, schedule, quant, x, log=lambda s: None)
+    assert p["router"].mode == "none" and p["trunk"].mode == "static-int8"
+    for e in range(ckpt.config.num_experts):
+        name = expert_path_graph(e)
+        want = "routed" if routed.count(e) >= 4 else "all-images (fallback"
+        assert p[name].calibration["source"].startswith(want) and len(p[name].samples[0]) == 2
 
 
 def test_expert_without_routed_images_falls_back_and_says_so():

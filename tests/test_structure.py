@@ -207,11 +207,12 @@ def test_coreml_spec_verification_opens_every_artifact_and_fails_on_a_corrupt_on
 
     copy = tmp_path / "coreml"
     shutil.copytree(path, copy)
-    victim = next((copy / manifest["graphs"]["moe1_e2"]["path"]).rglob("*.mlmodel"))
+    expert = manifest["experts"][2]["graphs"][-1]  # moe1_e2 (per-layer) or e2_path (fused)
+    victim = next((copy / manifest["graphs"][expert]["path"]).rglob("*.mlmodel"))
     victim.write_bytes(b"\x00garbage" * 10)
     report = verify_specs(backend, copy, manifest, "no runtime")
     assert report["status"] == "fail" and report["spec_verified_graphs"] == len(manifest["graphs"]) - 1
-    assert report["failures"][0].startswith("moe1_e2:")
+    assert report["failures"][0].startswith(f"{expert}:")
 
     # A manifest whose tensor shapes disagree with the package fails too.
     manifest["graphs"]["head"]["inputs"][0]["shape"] = [1, 99, 64]

@@ -61,9 +61,11 @@ class BundleResult:
     quantization: str  # a precision.Mode value
     export_seconds: float
     parity: "ParityReport"
+    schedule_reason: str | None = None  # why this schedule (manifest schedule.reason)
 
     def summary(self) -> str:
         return (f"{self.target}: wrote {self.path} ({self.size_bytes / 1e6:.2f} MB, {self.graphs} graphs, "
+                f"{self.schedule} schedule, "
                 f"{self.export_seconds:.1f}s); manifest digest {self.digest} (pin it: vmoe-predict --expect-digest "
                 f"{self.digest})")
 
@@ -93,7 +95,7 @@ def as_checkpoint(model: "PathLike | Checkpoint | Any", class_names: Sequence[st
 
 @_quiet
 def export(model: "PathLike | Checkpoint | Any", targets: str | Sequence[str], output: PathLike, *,
-           quantize: str = "none", schedule: str = "per-layer", data: PathLike | None = None,
+           quantize: str = "none", schedule: str = "auto", data: PathLike | None = None,
            parity_images: int | None = None, bounds: "ParityBounds | None" = None,
            calibration: str = "auto", calibration_images: int = 256, min_calibration_samples: int = 16,
            router_precision: str = "fp32", golden_images: int = 4, backend_options: Mapping[str, Any] | None = None,
@@ -123,6 +125,7 @@ def export(model: "PathLike | Checkpoint | Any", targets: str | Sequence[str], o
     output = check_output_dir(Path(output))
     for t, why in plan.skipped:
         say(f"{t}: skipped: {why}")
+    say(f"schedule: {plan.schedule_reason}")
     trained_on = ckpt.metrics.get("dataset", "fashion-mnist")
     data_dir = Path(data) if data is not None else None
     evaluation = eval_split(data_dir, trained_on, cfg.image_size, cfg.in_chans)
@@ -136,9 +139,10 @@ def export(model: "PathLike | Checkpoint | Any", targets: str | Sequence[str], o
         # not depend on the backend.
         for strategy in plan.calibration_strategies:
             q = replace(quant, calibration=strategy)
-            calibrated[strategy] = calibrate(cfg, split_model(built), built.schedule, q, calibration_u8, log=say)
+            schedule_ = plan.schedule_for(cfg)  # the graphs this export converts: per expert path when fused
+            calibrated[strategy] = calibrate(cfg, split_model(built, schedule_), schedule_, q, calibration_u8, log=say)
     options = ExportOptions(
-        parity_images=plan.parity_images, bounds=plan.bounds, quant=quant, schedule=plan.schedule,
+        parity_images=plan.parity_images, bounds=plan.bounds, quant=quant, schedule=schedule,
         golden_images=plan.golden_images, progress=progress_bars, backend_options=dict(backend_options or {}),
         artifact_cache=Path(artifact_cache) if artifact_cache is not None else None,
         eval_data={"kind": evaluation.kind, "description": evaluation.description},
@@ -171,7 +175,7 @@ def bundle_result(path: Path) -> BundleResult:
     m = read_manifest(path)
     return BundleResult(m["target"], Path(path), (Path(path) / DIGEST).read_text().strip(), bundle_bytes(m),
                         len(m["graphs"]), m["schedule"]["kind"], m["quantization"]["mode"], m["export_seconds"],
-                        ParityReport.from_json(m["parity"]))
+                        ParityReport.from_json(m["parity"]), m["schedule"].get("reason"))
 
 
 def load(bundle_dir: PathLike, *, threads: int = 0, max_experts: int | None = None, max_bytes: int | None = None,
@@ -238,7 +242,7 @@ class BenchmarkResult:
 @_quiet
 def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles", *, targets: str | Sequence[str] = "all",
               out: PathLike | None = None, dense: "PathLike | Checkpoint | Any | None" = None, threads: int = 1,
-              quick: bool = False, images: int = 64, quantize: Sequence[str] = (), schedule: str = "per-layer",
+              quick: bool = False, images: int = 64, quantize: Sequence[str] = (), schedule: str = "auto",
               data: PathLike | None = None, seed: int = 0, progress: Progress | None = None,
               progress_bars: bool = False, device: str | None = None, apk: PathLike | None = None) -> BenchmarkResult:
     """Benchmark `model`'s bundles in BUNDLES/<target>/ (exported first where missing; int8 modes in
@@ -283,14 +287,16 @@ def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles
     bundles = Path(bundles)
     if bundles.exists() and not bundles.is_dir():
         raise ConfigError(f"--bundles {bundles} is a file: pass the directory that holds <target>/ bundles")
-    found = _find_or_export(ckpt, names, bundles, fp32_plan.schedule, "none", data, say, progress_bars)
+    found = _find_or_export(ckpt, names, bundles, schedule, fp32_plan.schedule, "none", data, say, progress_bars)
     quantized = {}
     for mode in quantize:
         offered = [t for t in names if supports(t, mode)]
         for t in names:
             if t not in offered:
                 say(f"{t} has no {mode} mode: skipped")
-        quantized[mode] = _find_or_export(ckpt, offered, bundles / mode, "per-layer", mode, data, say, progress_bars)
+        # the same kind as the fp32 bundles: a schedule resolves from k alone
+        quantized[mode] = _find_or_export(ckpt, offered, bundles / mode, schedule, fp32_plan.schedule, mode, data, say,
+                                          progress_bars)
     source = str(model) if isinstance(model, (str, os.PathLike)) else f"this {cfg.name} model"
     for by_target in quantized.values():
         check_bundles_match(by_target, built, source)
@@ -340,9 +346,10 @@ def _bench_on_phone(phone, report: dict, bundles: dict[str, Path], dense_model, 
     merge_device_reports(report, reports)
 
 
-def _find_or_export(ckpt, targets: list[str], bundles: Path, schedule: str, mode: str, data, say: Progress,
-                    progress_bars: bool) -> dict[str, Path]:
-    """Each target's bundle of this schedule and mode from `bundles`, exported when missing."""
+def _find_or_export(ckpt, targets: list[str], bundles: Path, requested: str, schedule: str, mode: str, data,
+                    say: Progress, progress_bars: bool) -> dict[str, Path]:
+    """Each target's bundle of `schedule` (the kind `requested` resolves to) and mode from `bundles`, exported
+    when missing."""
     from .bundle import read_manifest
     from .errors import ConfigError
 
@@ -351,7 +358,7 @@ def _find_or_export(ckpt, targets: list[str], bundles: Path, schedule: str, mode
         n = 100 if mode == "none" else 500
         say(f"no {mode if mode != 'none' else 'fp32'} bundle for {', '.join(missing)} in {bundles}: exporting "
             f"(parity on {n} images)")
-        export(ckpt, missing, bundles, quantize=mode, schedule=schedule, data=data, parity_images=n,
+        export(ckpt, missing, bundles, quantize=mode, schedule=requested, data=data, parity_images=n,
                progress=say, progress_bars=progress_bars)
     found = {}
     for t in targets:

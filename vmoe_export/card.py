@@ -44,6 +44,18 @@ def _equal_compute_text(m: dict) -> str:
             "points. This is the fair comparison: producing the MoE took the dense epochs plus the MoE epochs of training.\n")
 
 
+def _sources_text(m: dict) -> str:
+    """Where the dense twin came from, and the MoE-from-scratch comparison when one is recorded beside the run."""
+    lines = []
+    if m.get("dense_source", "trained in this run") != "trained in this run":
+        lines.append(f"Dense twin loaded from `{m['dense_source']}` (`--dense-checkpoint`), not trained in this run.")
+    scratch = m.get("scratch_reference")
+    if scratch:
+        lines.append(f"MoE from scratch for comparison: {100 * scratch['top1']:.2f}% top-1 ({scratch['source']}); "
+                     f"this model minus it: {100 * (m['moe']['top1'] - scratch['top1']):+.2f} points.")
+    return "\n" + "\n\n".join(lines) + "\n" if lines else ""
+
+
 def model_card(cfg: ModelConfig, m: dict) -> str:
     usage = m["moe"]["expert_usage"]
     total = sum(usage)
@@ -76,8 +88,8 @@ MoE initialisation: {_INIT_TEXT[m.get('moe_init', 'scratch')]}
 |---|---|---|---|
 | dense twin (same widths, all blocks dense) | {100 * m['dense']['top1']:.2f}% | {m['dense']['params']:,} | {m['dense']['params']:,} |
 | Mobile V-MoE (E={cfg.num_experts}, L={cfg.moe_layers}, k={cfg.top_k}) | {100 * m['moe']['top1']:.2f}% | {m['moe']['params']:,} | {m['moe']['active_params']:,} |
-
 {_equal_compute_row(m)}
+{_sources_text(m)}
 MoE minus dense: {100 * m['moe_minus_dense_top1']:+.2f} points top-1 at equal active FLOPs (the router adds
 {cfg.embed_dim * cfg.num_experts + cfg.num_experts + 2 * cfg.embed_dim} parameters).
 {_equal_compute_text(m)}

@@ -165,9 +165,10 @@ def add_data_dir_argument(parser, what: str) -> None:
 
 def add_schedule_argument(parser) -> None:
     parser.add_argument(
-        "--schedule", default="per-layer", choices=["per-layer", "fused", "auto"],
-        help="how a bundle runs its MoE layers. per-layer (default, every k, every quantization mode, and what the "
-        "demo apps run): shared attention graph + one graph per expert and layer. fused (k=1, fp32): trunk+router, "
-        "then one graph per expert through every MoE layer, then the head: 2L fewer graph calls per image, larger "
-        "bundle (the MoE attention is stored per expert). auto: fused where allowed, per-layer otherwise. "
-        "See benchmarks/results/paper_matrix.md for what each costs")
+        "--schedule", default="auto", choices=["auto", "per-layer", "fused"],
+        help="how a bundle runs its MoE layers. auto (default): fused for k=1 (fp32 and int8), per-layer otherwise; "
+        "the manifest records which and why. fused (k=1 only): trunk+router, then one graph per expert through every "
+        "MoE layer, then the head: 3 graph calls per image instead of 3 + 2L (4 where an int8 bundle keeps its "
+        "router fp32), at the price of the MoE attention stored per expert (a larger bundle, a larger expert to "
+        "load). per-layer (every k): shared attention graph + one graph per expert and layer: the smallest bundle "
+        "and the cheapest expert switch. See benchmarks/results/paper_matrix.md for what each costs")

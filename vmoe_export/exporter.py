@@ -33,7 +33,8 @@ from .machine import cpu_info
 from .manifest_writer import build_manifest
 from .model import MobileVMoE, count_params
 from .parity import ParityBounds, ParityError, ParityReport, check_bundle, format_report, verify_specs
-from .plan import check_golden_images, default_bounds, default_parity_images, plan_target, resolve_schedule
+from .plan import (build_schedule, check_golden_images, default_bounds, default_parity_images, plan_target,
+                   resolve_schedule, schedule_reason)
 from .quantize import GraphQuant, QuantOptions
 from .quantize import plan as quantize_plan
 from .runtime import BundleRuntime
@@ -47,9 +48,9 @@ class ExportOptions:
     parity_images: int | None = None  # None: plan.FP32_PARITY_IMAGES, or QUANTIZED_PARITY_IMAGES when quantized
     bounds: ParityBounds | None = None  # None: ParityBounds() for fp32, ParityBounds.quantized(mode) when quantized
     quant: QuantOptions = field(default_factory=QuantOptions)
-    # "per-layer" (exact for every k), "fused" (k=1: three graph calls per image instead of 3 + 2L) or "auto": fused
-    # where it is exact and the bundle is fp32 (the fused graphs have no int8 path yet), per-layer otherwise
-    schedule: str = "per-layer"
+    # "per-layer" (exact for every k), "fused" (k=1: three graph calls per image instead of 3 + 2L, four where an
+    # int8 bundle keeps its router fp32) or "auto": fused where it is exact (k=1), per-layer otherwise
+    schedule: str = "auto"
     golden_images: int = 4  # at least 1: every bundle carries golden vectors for its self-test
     progress: bool = True
     # Per-target backend options (e.g. {"coreml": CoreMLOptions(compress="palettize4")}); a target without
@@ -83,7 +84,7 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
     tp = plan_target(target, options.quant, options.backend_options.get(target))
     options = replace(options, quant=tp.quant)
     model = model if model is not None else ckpt.build_model()
-    schedule = model.schedule_of(resolve_schedule(options.schedule, ckpt.config.top_k, options.quant))
+    schedule = build_schedule(ckpt.config, resolve_schedule(options.schedule, ckpt.config.top_k), options.quant)
     graphs = split_model(model, schedule)
     if plan is None:
         plan = calibrate(ckpt.config, graphs, schedule, options.quant, calibration_images, log)
@@ -105,7 +106,8 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
             convert(g, tp.backend, tp.options, path, options.artifact_cache, quant)
             entries[g.name] = graph_entry(g, rel, path, quant)
         manifest = build_manifest(ckpt, target, schedule, entries, tp.backend, tp.options, options.quant,
-                                  options.eval_data, n_calibration)
+                                  options.eval_data, n_calibration,
+                                  schedule_reason(options.schedule, ckpt.config, schedule))
         manifest["export_seconds"] = round(time.time() - t0, 2)
         write_json(tmp / MANIFEST, manifest)
 

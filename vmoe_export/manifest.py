@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from .errors import BundleError, ConfigError
 from .config import LIMITS, POLARITIES, ModelConfig
-from .precision import MODES, ROUTER_PRECISION, graph_mode
+from .precision import MODES, ROUTER_PRECISION, graph_mode, router_apart
 from .schedule import KINDS, ROLES, Schedule, ScheduleError, artifact_relpath
 
 MAX_GRAPHS = 4096
@@ -99,6 +99,8 @@ class ExpertEntry(_Strict):
 
 class ScheduleBlock(_Strict):
     kind: Literal[KINDS]  # type: ignore[valid-type]
+    # Why this kind: "auto: ..." or "requested: ..." (plan.schedule_reason). Read by people; no answer depends on it.
+    reason: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
     batch_size: Literal[1]
     steps: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_GRAPHS)]
 
@@ -200,7 +202,9 @@ def check(m: Manifest, suffix: str, runtime_unavailable: str | None, require_par
                                 "the manifest was edited; re-export the bundle")
     try:
         schedule = Schedule.from_json(m.schedule.steps)
-        want = Schedule.of_kind(m.schedule.kind, cfg.num_experts, cfg.moe_layers, cfg.top_k)
+        # The router is a graph of its own exactly when the bundle's quantization block converts it apart.
+        apart = router_apart(m.quantization.mode, m.quantization.router)
+        want = Schedule.of_kind(m.schedule.kind, cfg.num_experts, cfg.moe_layers, cfg.top_k, apart)
     except ScheduleError as e:
         raise ManifestError(f"manifest schedule: {e}") from None
     # Compared as stored (prose rules included): a bundle runs exactly the schedule of its kind its model defines.

@@ -25,7 +25,8 @@ def quantization_block(options: QuantOptions, calibration_images: int) -> dict:
 
 
 def build_manifest(ckpt, target: str, schedule: Schedule, entries: dict, backend, backend_options: Any,
-                   quant: QuantOptions, eval_data: Mapping[str, str], calibration_images: int = 0) -> dict:
+                   quant: QuantOptions, eval_data: Mapping[str, str], calibration_images: int = 0,
+                   schedule_reason: str | None = None) -> dict:
     """The manifest of `ckpt` exported to `target` with graph `entries` (export.graph_entry); golden and
     parity are filled in after parity runs."""
     cfg = ckpt.config
@@ -54,7 +55,7 @@ def build_manifest(ckpt, target: str, schedule: Schedule, entries: dict, backend
              "size_bytes": int(schedule.expert_total(sizes, e))}
             for e in range(cfg.num_experts)
         ],
-        "schedule": {"kind": schedule.kind, "batch_size": 1, "steps": schedule.to_json()},
+        "schedule": {"kind": schedule.kind, "reason": schedule_reason, "batch_size": 1, "steps": schedule.to_json()},
         "graphs": entries,
         "golden": None,  # written after parity, with golden_sha256
         "golden_sha256": None,

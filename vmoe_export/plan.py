@@ -16,26 +16,46 @@ from .backends import TARGETS, Backend, describe, get_backend
 from .config import ModelConfig
 from .errors import ConfigError
 from .parity import ParityBounds
+from .precision import router_apart
 from .quantize import QuantOptions
-from .schedule import ScheduleError, check_kind
+from .schedule import ROUTER, Schedule, ScheduleError, check_kind
 
 FP32_PARITY_IMAGES = 500
 QUANTIZED_PARITY_IMAGES = 10_000  # issue 11: at least 2,000; the toy's whole test set
 AUTO_SCHEDULE = "auto"
 
 
-def resolve_schedule(kind: str, top_k: int, quant: QuantOptions) -> str:
-    """The schedule kind an export uses; refuses the combinations that would not be exact or not supported."""
+def resolve_schedule(kind: str, top_k: int) -> str:
+    """The schedule kind an export uses: auto is fused wherever it is exact (k=1: fp32 and every int8 mode),
+    per-layer otherwise; refuses a kind that would not be exact."""
     if kind == AUTO_SCHEDULE:
-        return "fused" if top_k == 1 and not quant.quantized else "per-layer"
+        return "fused" if top_k == 1 else "per-layer"
     try:
         check_kind(kind, top_k)
     except ScheduleError as e:
         raise ConfigError(str(e)) from None
-    if kind == "fused" and quant.quantized:
-        raise ConfigError("--schedule fused exports fp32 only in this version (its graphs hold the router and the "
-                          "MoE attention, which the int8 paths calibrate per layer); use --schedule per-layer or auto")
     return kind
+
+
+def build_schedule(cfg: ModelConfig, kind: str, quant: QuantOptions) -> Schedule:
+    """The schedule of a resolved kind for this model and quantization: a fused int8 bundle keeps an fp32 router
+    as a graph of its own, as the per-layer one does."""
+    return Schedule.of_kind(kind, cfg.num_experts, cfg.moe_layers, cfg.top_k, router_apart(quant.mode, quant.router))
+
+
+def schedule_reason(requested: str, cfg: ModelConfig, schedule: Schedule) -> str:
+    """One line for the manifest and the reports: which schedule, chosen how, at what cost in graph calls."""
+    calls = f"{schedule.calls_per_image} graph calls per image"
+    if schedule.kind == "fused":
+        per_layer = Schedule.per_layer(cfg.num_experts, cfg.moe_layers, cfg.top_k).calls_per_image
+        calls += f" instead of {per_layer} per-layer"
+        if ROUTER in schedule.shared_graphs:
+            calls += "; the router is its own graph, as it converts in another precision than the trunk"
+    if requested != AUTO_SCHEDULE:
+        return f"requested ({requested}): {calls}"
+    if schedule.kind == "fused":
+        return f"auto: k=1, so fused: {calls}"
+    return f"auto: k={cfg.top_k} mixes experts inside every MoE layer, so per-layer, the only exact schedule: {calls}"
 
 
 def check_golden_images(n) -> None:
@@ -80,6 +100,7 @@ class ExportPlan:
     skipped: tuple[tuple[str, str], ...]  # (target, why): `all` skips the targets without the requested mode
     quant: QuantOptions  # as requested (calibration may still be `auto`; each TargetPlan has it resolved)
     schedule: str  # resolved: per-layer or fused
+    schedule_reason: str  # why, for people (plan.schedule_reason)
     bounds: ParityBounds
     parity_images: int
     golden_images: int
@@ -89,9 +110,12 @@ class ExportPlan:
         """The distinct calibration strategies the targets use: one calibration pass each, shared."""
         return sorted({t.quant.calibration for t in self.targets if t.quant.calibrated})
 
+    def schedule_for(self, cfg: ModelConfig) -> Schedule:
+        return build_schedule(cfg, self.schedule, self.quant)
+
 
 def plan_export(cfg: ModelConfig, targets: str | Sequence[str], quant: QuantOptions | None = None, *,
-              schedule: str = "per-layer", bounds: ParityBounds | None = None, parity_images: int | None = None,
+              schedule: str = AUTO_SCHEDULE, bounds: ParityBounds | None = None, parity_images: int | None = None,
               golden_images: int = 4, backend_options: Mapping[str, Any] | None = None) -> ExportPlan:
     """Validate every choice for `cfg` before any work. `targets`: names, or "all" (every backend; those without
     the quantization mode are skipped and named rather than failing the export)."""
@@ -115,7 +139,8 @@ def plan_export(cfg: ModelConfig, targets: str | Sequence[str], quant: QuantOpti
     stray = set(backend_options) - set(names)
     if stray:
         raise ConfigError(f"backend options given for {', '.join(sorted(stray))}, which is not being exported")
-    kind = resolve_schedule(schedule, cfg.top_k, quant)  # refuse fused + k>1 or int8 before any work
+    kind = resolve_schedule(schedule, cfg.top_k)  # refuse fused + k>1 before any work
+    reason = schedule_reason(schedule, cfg, build_schedule(cfg, kind, quant))
     plans, skipped = [], []
     for t in names:
         if every and not supports(t, quant.mode):
@@ -124,5 +149,5 @@ def plan_export(cfg: ModelConfig, targets: str | Sequence[str], quant: QuantOpti
         plans.append(plan_target(t, quant, backend_options.get(t)))  # a missing package fails here, before work
     if not plans:
         raise ConfigError(f"no target offers {quant.mode}")
-    return ExportPlan(tuple(plans), tuple(skipped), quant, kind,
+    return ExportPlan(tuple(plans), tuple(skipped), quant, kind, reason,
                       bounds or default_bounds(quant), parity_images or default_parity_images(quant), golden_images)

@@ -36,3 +36,9 @@ def graph_mode(mode: str, router: str | None, role: str) -> str:
     if mode == Mode.NONE or (role == "router" and router == RouterPrecision.FP32):
         return Mode.NONE.value
     return str(mode)
+
+
+def router_apart(mode: str, router: str | None) -> bool:
+    """Whether the router must be a graph of its own: where it converts in another mode than the trunk (an int8
+    bundle with an fp32 router). The fused schedule otherwise folds it into the trunk graph."""
+    return graph_mode(mode, router, "router") != graph_mode(mode, router, "trunk")

@@ -8,8 +8,9 @@ backend modules) and declares which it supports:
     weight-int8   int8 weights, float compute (smaller files, no int8 kernels)
 
 Calibration respects routing. Trunk, router, shared attention and head see every calibration
-image; an expert graph sees only the hidden states of the images the fp32 model routes to that
-expert, the distribution it meets on device. An expert routed fewer than `min_samples` images
+image; an expert graph sees only the inputs of the images the fp32 model routes to that expert, the
+distribution it meets on device: a per-layer expert their hidden states at its layer, a fused expert
+path (k=1) their tokens and gate. An expert routed fewer than `min_samples` images
 falls back to the hidden states of every image at its layer, and the plan says so.
 """
 
@@ -22,7 +23,7 @@ import torch
 
 from .errors import ConfigError
 from .precision import CALIBRATION, MODES, ROUTER_PRECISION, Calibration, Mode, RouterPrecision, graph_mode  # noqa: F401 (re-exported)
-from .schedule import MoELayer, Schedule, execute
+from .schedule import ExpertPath, MoELayer, Schedule, execute
 from .split import Graph, torch_select
 from .tensor_digest import update_tensors
 
@@ -82,24 +83,39 @@ FP32 = GraphQuant()
 @torch.no_grad()
 def record_inputs(graphs: list[Graph], schedule: Schedule, images: torch.Tensor) -> tuple[dict, dict]:
     """Run the fp32 split on each image (batch 1, as on device) and record every graph's inputs as it is
-    called: routed experts receive only their images. Also returns, per MoE layer, every image's
-    hidden state (the input all experts of that layer would see): the fallback calibration set."""
+    called: routed experts (per-layer expert graphs, or fused expert paths) receive only their images. Also
+    returns, per expert graph, the input every image brings to that expert's step (a per-layer expert: the
+    hidden state of its layer's attention; a fused path: the tokens and gate the routed path received), the
+    fallback calibration set."""
     by_name = {g.name: g for g in graphs}
     seen: dict[str, list[tuple[torch.Tensor, ...]]] = {g.name: [] for g in graphs}
-    layer_hidden: dict[int, list[tuple[torch.Tensor, ...]]] = {}
-    attention_layer = {step.attention: step.layer for step in schedule.steps if isinstance(step, MoELayer)}
+    step_inputs: dict[int, list[tuple[torch.Tensor, ...]]] = {}  # id of an expert step -> every image's input
+    step_of: dict[str, int] = {}  # expert graph -> its step
+    attention_step: dict[str, int] = {}  # a per-layer attention graph -> its MoE layer's step
+    path_step: dict[str, int] = {}  # a fused expert path -> its step
+    for i, step in enumerate(schedule.steps):
+        if isinstance(step, (MoELayer, ExpertPath)):
+            step_of.update({g: i for g in step.experts})
+            step_inputs[i] = []
+        if isinstance(step, MoELayer):
+            attention_step[step.attention] = i
+        if isinstance(step, ExpertPath):
+            path_step.update({g: i for g in step.experts})
 
     def run(name, *xs):
-        seen[name].append(tuple(x.clone() for x in xs))
+        recorded = tuple(x.clone() for x in xs)
+        seen[name].append(recorded)
+        if name in path_step:
+            step_inputs[path_step[name]].append(recorded)
         outs = by_name[name].run(*xs)
-        if name in attention_layer:
-            layer_hidden.setdefault(attention_layer[name], []).append((outs[1].clone(),))
+        if name in attention_step:
+            step_inputs[attention_step[name]].append((outs[1].clone(),))
         return outs
 
     select = torch_select(schedule.top_k)
     for b in range(images.shape[0]):
         execute(schedule, run, select, images[b : b + 1])
-    return seen, layer_hidden
+    return seen, {g: step_inputs[i] for g, i in step_of.items()}
 
 
 def plan(graphs: list[Graph], schedule: Schedule, options: QuantOptions, calibration: torch.Tensor | None,
@@ -115,7 +131,7 @@ def plan(graphs: list[Graph], schedule: Schedule, options: QuantOptions, calibra
         raise ValueError("resolve 'auto' calibration with QuantOptions.for_backend before planning")
     if calibration is None or len(calibration) == 0:
         raise ConfigError("static-int8 needs calibration images (from the training split)")
-    seen, layer_hidden = record_inputs(graphs, schedule, calibration)
+    seen, every_image = record_inputs(graphs, schedule, calibration)
     out = {}
     for g in graphs:
         if mode_of[g.name] == Mode.NONE:
@@ -124,13 +140,13 @@ def plan(graphs: list[Graph], schedule: Schedule, options: QuantOptions, calibra
         samples, source = seen[g.name], "all-images"
         if g.role == "expert":
             if options.calibration == Calibration.ALL:
-                samples, source = layer_hidden[g.spec.layer], "all-images (ablation: every expert on every image)"
+                samples, source = every_image[g.name], "all-images (ablation: every expert on every image)"
             elif len(samples) >= options.min_samples:
                 source = "routed"
             else:
                 log(f"calibration: {g.name} was routed {len(samples)} of {len(calibration)} calibration images "
-                    f"(< {options.min_samples}); it calibrates on all {len(calibration)} images at its layer instead")
+                    f"(< {options.min_samples}); it calibrates on all {len(calibration)} images at its step instead")
                 source = f"all-images (fallback: only {len(samples)} routed, minimum {options.min_samples})"
-                samples = layer_hidden[g.spec.layer]
+                samples = every_image[g.name]
         out[g.name] = GraphQuant(mode_of[g.name], tuple(samples), {"source": source, "samples": len(samples)})
     return out

@@ -17,7 +17,9 @@ arrays from a backend's runtime) given a `run(graph, *inputs)` and a `select(rou
 Two schedules exist (KINDS). "per-layer" is exact for every k: per MoE layer, the shared attention
 graph, then the routed experts' per-layer graphs, mixed by their gates. "fused" (k=1 only) runs three
 graphs per image: the trunk with the router as a second output, the routed expert's whole path
-(every MoE layer's attention and that expert's MLP), the head. With one expert per image the
+(every MoE layer's attention and that expert's MLP), the head. Where the router converts in another
+precision than the trunk (an int8 bundle keeps its router fp32: a quantized router can flip which
+experts run), it stays a graph of its own: four calls. With one expert per image the
 per-layer mix is a single term, so the fused path computes the same thing with 2L fewer graph calls;
 the price is the MoE layers' attention stored once per expert instead of once (the head, 1000
 classes x D weights on ImageNet, stays shared: a copy per expert would add more load time than the
@@ -142,22 +144,36 @@ class Schedule:
         return cls(tuple(steps))
 
     @classmethod
-    def fused(cls, num_experts: int, moe_layers: int) -> "Schedule":
-        """k=1: trunk+router in one graph, the routed expert's path through every MoE layer, the head."""
-        return cls((Run(TRUNK, "trunk", (IMAGES,), (TOKENS, ROUTER_LOGITS)), Route(ROUTER_LOGITS, 1),
+    def fused(cls, num_experts: int, moe_layers: int, router_graph: bool = False) -> "Schedule":
+        """k=1: trunk+router in one graph (or, with `router_graph`, the trunk then the router on its own), the
+        routed expert's path through every MoE layer, the head."""
+        front: tuple[Step, ...] = (Run(TRUNK, "trunk", (IMAGES,), (TOKENS, ROUTER_LOGITS)),)
+        if router_graph:
+            front = (Run(TRUNK, "trunk", (IMAGES,), (TOKENS,)), Run(ROUTER, "router", (TOKENS,), (ROUTER_LOGITS,)))
+        return cls((*front, Route(ROUTER_LOGITS, 1),
                     ExpertPath(moe_layers, tuple(expert_path_graph(e) for e in range(num_experts))),
                     Run(HEAD, "head", (TOKENS,), (LOGITS,))))
 
     @classmethod
-    def of_kind(cls, kind: str, num_experts: int, moe_layers: int, top_k: int) -> "Schedule":
-        """The schedule `kind` (one of KINDS) for a model."""
+    def of_kind(cls, kind: str, num_experts: int, moe_layers: int, top_k: int, router_graph: bool = False
+                ) -> "Schedule":
+        """The schedule `kind` (one of KINDS) for a model. `router_graph`: the fused schedule keeps the router a
+        graph of its own (precision.router_apart); the per-layer schedule always does."""
         check_kind(kind, top_k)
-        return cls.fused(num_experts, moe_layers) if kind == "fused" else cls.per_layer(num_experts, moe_layers, top_k)
+        if kind == "fused":
+            return cls.fused(num_experts, moe_layers, router_graph)
+        return cls.per_layer(num_experts, moe_layers, top_k)
 
     # ---- derived facts
     @property
     def kind(self) -> str:
         return "fused" if any(isinstance(s, ExpertPath) for s in self.steps) else "per-layer"
+
+    @property
+    def calls_per_image(self) -> int:
+        """Graph calls one image makes: each run step, per MoE layer its attention and k experts, one path."""
+        k = self.top_k
+        return sum(1 if isinstance(s, (Run, ExpertPath)) else 1 + k if isinstance(s, MoELayer) else 0 for s in self.steps)
 
     @property
     def moe_layers(self) -> list[MoELayer]:

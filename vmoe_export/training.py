@@ -345,7 +345,7 @@ def run_training(
         f"({100 * metrics['moe_minus_dense_top1']:+.2f} pts) | router acc vs super-classes "
         f"{metrics['moe']['router_top1_vs_superclass']:.4f} | expert usage {metrics['moe']['expert_usage']}")
     if longer is not None:
-        log(f"dense twin at equal total training ({metrics['dense_equal_compute']['epochs']} epochs) top-1 "
+        log(f"dense twin at equal total training ({metrics['dense_equal_compute']['epochs'] or '?'} epochs) top-1 "
             f"{metrics['dense_equal_compute']['top1']:.4f} | MoE minus it "
             f"{100 * metrics['moe_minus_dense_equal_compute_top1']:+.2f} pts")
     return metrics

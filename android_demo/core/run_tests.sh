@@ -3,8 +3,9 @@
 # (tools/install_kotlin.sh installs it; $KOTLIN_HOME overrides) and run its JUnit tests on the JVM
 # against exported bundles of one model.
 # Usage: run_tests.sh BUNDLE_DIR [FUSED_BUNDLE_DIR [INT8_BUNDLE_DIR]]
-#   FUSED_BUNDLE_DIR: the same model exported with --schedule fused (its tests are skipped without it);
-#   INT8_BUNDLE_DIR: an int8 bundle of it, whose golden vectors the manifest and routing tests run on too.
+#   BUNDLE_DIR: the model exported with --schedule per-layer;
+#   FUSED_BUNDLE_DIR: the same model exported with --schedule fused, the default at k=1 (its tests are skipped
+#   without it); INT8_BUNDLE_DIR: a fused int8 bundle of it, whose golden vectors the fused tests run on too.
 # Environment: VMOE_BENCH_OUT=FILE makes the device-benchmark test write its JSON there.
 # Needs Java 17, junit4 and org.json on a JVM: apt-get install junit4 libandroid-json-java.
 set -euo pipefail
@@ -39,6 +40,7 @@ run() {
 echo "== fp32 per-layer bundle $bundle"
 run "$bundle" "$fused"
 if [ -n "$int8" ]; then
-    echo "== int8 bundle $int8"
-    VMOE_BENCH_OUT="" run "$int8" ""
+    # An int8 bundle of a k=1 model is fused (its fp32 router a graph of its own): it takes the fused slot.
+    echo "== int8 bundle $int8 (fused slot), beside the fp32 per-layer bundle"
+    VMOE_BENCH_OUT="" run "$bundle" "$int8"
 fi

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}/bench.json, README.md and plots ({m['name']}, E={m['num_experts']}, k={m['top_k']}, "
               f"{report['schedule']} schedule, {cfg['image_size']} px; inputs: {report['data']['description']}; ratios "
               "are measured in this one run)")
+        if report.get("schedule_reason"):
+            print(f"schedule: {report['schedule_reason']}")
         for target, r in report["ratios"].items():
             b = report["backends"][target]
             print(f"{target}: split {b['split']['end_to_end']['median_ms']:.3f} ms | dense twin {b['dense_twin']['median_ms']:.3f} ms "

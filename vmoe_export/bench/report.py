@@ -95,6 +95,7 @@ def markdown(r: dict) -> str:
         f"{' (--quick)' if s['quick'] else ''}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         "",
+        *([f"Schedule: {r['schedule_reason']}.", ""] if r.get("schedule_reason") else []),
         f"Inputs: {r.get('data', {}).get('description', 'test images')}. "
         "Shared machines are noisy: read the ratios (measured in this one run), not absolute milliseconds. "
         + ("Phone figures are in the on-device section at the end." if r.get("devices") else

@@ -60,6 +60,7 @@ def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMo
         "vmoe_export": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": asdict(s), "machine": machine_info(s.threads), "model": any_manifest["model"],
         "schedule": any_manifest["schedule"]["kind"],
+        "schedule_reason": any_manifest["schedule"].get("reason"),  # None for bundles from before it was recorded
         "flops": flop_report(any_manifest, model, dense),
         "eager": bench_eager(model, dense, x[:1], s), "backends": {},
     }

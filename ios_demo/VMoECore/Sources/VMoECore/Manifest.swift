@@ -294,14 +294,22 @@ public struct Manifest: Decodable {
         }
     }
 
-    /// trunk (with the router as its second output), route(k=1), one path per expert, head.
+    /// trunk (with the router as its second output, or followed by a router graph of its own where an int8
+    /// bundle keeps the router fp32), route(k=1), one path per expert, head.
     static func checkFusedSchedule(_ steps: [Step], e: Int, l: Int, k: Int) throws {
         let bad = ManifestError.invalid("manifest schedule does not match its model (E=\(e), L=\(l), k=\(k), fused): re-export the bundle")
-        guard k == 1, steps.count == 4,
-              case .run(_, "trunk", ["images"], ["tokens", "router_logits"]) = steps[0],
-              case .route("router_logits", 1) = steps[1],
-              case .expertPath(l, let experts) = steps[2], experts.count == e,
-              case .run(_, "head", ["tokens"], ["logits"]) = steps[3] else { throw bad }
+        let apart = steps.count == 5
+        guard k == 1, steps.count == 4 || apart else { throw bad }
+        if apart {
+            guard case .run(_, "trunk", ["images"], ["tokens"]) = steps[0],
+                  case .run(_, "router", ["tokens"], ["router_logits"]) = steps[1] else { throw bad }
+        } else {
+            guard case .run(_, "trunk", ["images"], ["tokens", "router_logits"]) = steps[0] else { throw bad }
+        }
+        let n = steps.count
+        guard case .route("router_logits", 1) = steps[n - 3],
+              case .expertPath(l, let experts) = steps[n - 2], experts.count == e,
+              case .run(_, "head", ["tokens"], ["logits"]) = steps[n - 1] else { throw bad }
     }
 
     /// Refuse absolute paths, backslashes and '..' segments before touching the file system.

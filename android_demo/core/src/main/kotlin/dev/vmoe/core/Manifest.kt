@@ -190,17 +190,23 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             if (names.toSet().size != names.size) throw ManifestException("manifest schedule names one graph twice: re-export the bundle")
         }
 
-        /** trunk (with the router as its second output), route(k=1), one path per expert, head. */
+        /** trunk (with the router as its second output, or followed by a router graph of its own where an int8
+         *  bundle keeps the router fp32), route(k=1), one path per expert, head. */
         private fun checkFusedSchedule(steps: List<Step>, e: Int, l: Int, k: Int) {
             val bad = ManifestException("manifest schedule does not match its model (E=$e, L=$l, k=$k, fused): re-export the bundle")
-            if (steps.size != 4 || k != 1) throw bad
-            val (trunk, route, path) = Triple(steps[0], steps[1], steps[2])
-            val head = steps[3]
-            if (trunk !is Step.Run || trunk.role != "trunk" || trunk.inputs != listOf("images") || trunk.outputs != listOf("tokens", "router_logits")) throw bad
+            val apart = steps.size == 5
+            if ((steps.size != 4 && !apart) || k != 1) throw bad
+            val trunk = steps[0]
+            val trunkOut = if (apart) listOf("tokens") else listOf("tokens", "router_logits")
+            if (trunk !is Step.Run || trunk.role != "trunk" || trunk.inputs != listOf("images") || trunk.outputs != trunkOut) throw bad
+            val router = if (apart) steps[1] else null
+            if (router != null && (router !is Step.Run || router.role != "router" || router.inputs != listOf("tokens") ||
+                    router.outputs != listOf("router_logits"))) throw bad
+            val (route, path, head) = Triple(steps[steps.size - 3], steps[steps.size - 2], steps[steps.size - 1])
             if (route !is Step.Route || route.k != 1 || route.logits != "router_logits") throw bad
             if (path !is Step.ExpertPath || path.moeLayers != l || path.experts.size != e) throw bad
             if (head !is Step.Run || head.role != "head" || head.inputs != listOf("tokens") || head.outputs != listOf("logits")) throw bad
-            val names = listOf(trunk.graph, head.graph) + path.experts
+            val names = listOfNotNull(trunk.graph, (router as Step.Run?)?.graph, head.graph) + path.experts
             if (names.toSet().size != names.size) throw ManifestException("manifest schedule names one graph twice: re-export the bundle")
         }
 
