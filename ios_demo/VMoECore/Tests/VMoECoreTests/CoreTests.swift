@@ -20,7 +20,7 @@ final class CoreTests: XCTestCase {
     }
     struct Golden: Decodable {
         let cases: [Case]
-        let combine: Combine
+        let combine: Combine?  // null for a fused bundle (the default at k=1): it mixes inside its expert paths
     }
 
     var bundleDir: URL!
@@ -63,8 +63,8 @@ final class CoreTests: XCTestCase {
         }
     }
 
-    func testGateMixingMatchesPyTorch() {
-        let v = golden.combine
+    func testGateMixingMatchesPyTorch() throws {
+        guard let v = golden.combine else { throw XCTSkip("a fused bundle mixes inside its expert paths (golden.combine is null)") }
         let mixed = Routing.combine(v.attention_out, v.expert_outs, v.gates)
         assertClose(mixed, v.expected, accuracy: 1e-4)
     }

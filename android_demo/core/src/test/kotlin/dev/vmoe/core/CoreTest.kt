@@ -16,6 +16,10 @@ class CoreTest {
     private val cases = golden.arr("cases", "golden").objects("cases")
     private val manifestText = File(bundleDir, "manifest.json").readText()
     private val manifest = Bundle(bundleDir).manifest
+    /** The bundle the default export writes at k=1 is fused; the per-layer-only checks skip on it. */
+    private val perLayer = manifest.steps.none { it is Step.ExpertPath }
+    /** -Dvmoe.fusedBundle, or the main bundle when it is itself fused. */
+    private val fusedBundleDir = System.getProperty("vmoe.fusedBundle").orEmpty().ifEmpty { if (perLayer) "" else bundleDir.path }
 
     @Test fun preprocessingMatchesToolkit() {
         for (c in cases) {
@@ -50,6 +54,7 @@ class CoreTest {
     }
 
     @Test fun gateMixingMatchesPyTorch() {
+        assumeTrue("a fused bundle mixes inside its paths (golden.combine is null)", perLayer)
         val v = golden.obj("combine", "golden")
         val raw = v.arr("expert_outs", "combine")
         val outs = (0 until raw.length()).map { raw.getJSONArray(it).floats("expert_out") }
@@ -73,7 +78,8 @@ class CoreTest {
 
     @Test fun everyArtifactVerifies() {
         val bundle = Bundle(bundleDir)
-        assertEquals(3 + manifest.moeLayers * (1 + manifest.numExperts), manifest.graphs.size)
+        val perImage = if (perLayer) 3 + manifest.moeLayers * (1 + manifest.numExperts) else manifest.sharedGraphs.size + manifest.numExperts
+        assertEquals(perImage, manifest.graphs.size)
         assertEquals(manifest.graphs.keys, (manifest.sharedGraphs + (0 until manifest.numExperts).flatMap { manifest.expertGraphs(it) }).toSet())
         for (g in manifest.graphs.keys) assertTrue(bundle.verifiedArtifact(g).exists())
     }
@@ -134,6 +140,7 @@ class CoreTest {
     /** The executor alone: stub graphs with known arithmetic, the real bundle's schedule. Checks the step
      *  order, that only routed experts load, and tokens = tokens_out + sum_j gate_j * expert_j(hidden). */
     @Test fun routedModelExecutesTheManifestSchedule() {
+        assumeTrue("per-layer schedule (the fused one: fusedBundleRunsOnePathWithItsGate)", perLayer)
         val calls = ArrayList<String>()
         val expertOf = (0 until manifest.numExperts).flatMap { e -> manifest.expertGraphs(e).map { it to e } }.toMap()
         val routerLogits = FloatArray(manifest.numExperts) { if (it == 1) 3f else 0f }
@@ -169,7 +176,7 @@ class CoreTest {
      *  with the router a graph of its own): its schedule parses and checks, only the routed path loads, it gets the
      *  tokens and the gate, and an edited k is refused. */
     @Test fun fusedBundleRunsOnePathWithItsGate() {
-        val fusedDir = System.getProperty("vmoe.fusedBundle") ?: ""
+        val fusedDir = fusedBundleDir
         assumeTrue("no fused bundle given (run_tests.sh BUNDLE FUSED_BUNDLE)", fusedDir.isNotEmpty())
         val dir = File(fusedDir)
         val fused = Bundle(dir).manifest
@@ -209,7 +216,7 @@ class CoreTest {
      *  passes; a coherent edit of the preprocessing (config and block, digest rewritten) is caught at the input; a
      *  runtime whose numbers drift is caught at the logits. */
     @Test fun selfTestCatchesEditedPreprocessingAndDriftingKernels() {
-        val fusedDir = System.getProperty("vmoe.fusedBundle") ?: ""
+        val fusedDir = fusedBundleDir
         assumeTrue("no fused bundle given (run_tests.sh BUNDLE FUSED_BUNDLE)", fusedDir.isNotEmpty())
         val dir = File(fusedDir)
         assertTrue(SelfTest.run(replayModel(dir)).passed)
@@ -270,7 +277,7 @@ class CoreTest {
      *  golden stages stand in for a runtime): every field vmoe-bench reads is there. With -Dvmoe.benchOut=FILE it
      *  is written there, for tests/test_apps.py to parse with vmoe_export.bench.device. */
     @Test fun deviceBenchWritesItsReport() {
-        val fusedDir = System.getProperty("vmoe.fusedBundle") ?: ""
+        val fusedDir = fusedBundleDir
         assumeTrue("no fused bundle given (run_tests.sh BUNDLE FUSED_BUNDLE)", fusedDir.isNotEmpty())
         val dir = File(fusedDir)
         val pss = MemoryProbe {
@@ -338,8 +345,9 @@ class CoreTest {
     }
 
     @Test fun scheduleThatDisagreesWithTheModelIsRejected() {
+        val route = manifest.steps.indexOfFirst { it is Step.Route }
         expectManifestError("does not match its model") {
-            Manifest.parse(edited { it.getJSONObject("schedule").getJSONArray("steps").getJSONObject(2).put("k", manifest.topK + 1) })
+            Manifest.parse(edited { it.getJSONObject("schedule").getJSONArray("steps").getJSONObject(route).put("k", manifest.topK + 1) })
         }
         expectManifestError("older vmoe-export") { Manifest.parse(edited { it.put("schema_version", 1) }) }
     }
