@@ -12,7 +12,8 @@ from conftest import synthetic_test_set, tiny_config
 from vmoe_export.bundle import BundleError, read_manifest
 from vmoe_export.checkpoint import Checkpoint
 from vmoe_export.errors import ConfigError
-from vmoe_export.exporter import ExportOptions, export_bundle, resolve_schedule
+from vmoe_export.exporter import ExportOptions, export_bundle
+from vmoe_export.plan import resolve_schedule
 from vmoe_export.model import MobileVMoE
 from vmoe_export.quantize import QuantOptions
 from vmoe_export.runtime import BundleRuntime

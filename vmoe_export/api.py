@@ -137,10 +137,11 @@ def export(model: "PathLike | Checkpoint | Any", targets: str | Sequence[str], o
         say(f"calibration: {what}")
         # One calibration pass per strategy, shared by the targets that use it: the fp32 model's routing does
         # not depend on the backend.
+        converted = plan.schedule_for(cfg)  # the graphs this export converts: per expert path when fused
+        graphs = split_model(built, converted)
         for strategy in plan.calibration_strategies:
             q = replace(quant, calibration=strategy)
-            schedule_ = plan.schedule_for(cfg)  # the graphs this export converts: per expert path when fused
-            calibrated[strategy] = calibrate(cfg, split_model(built, schedule_), schedule_, q, calibration_u8, log=say)
+            calibrated[strategy] = calibrate(cfg, graphs, converted, q, calibration_u8, log=say)
     options = ExportOptions(
         parity_images=plan.parity_images, bounds=plan.bounds, quant=quant, schedule=schedule,
         golden_images=plan.golden_images, progress=progress_bars, backend_options=dict(backend_options or {}),

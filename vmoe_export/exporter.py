@@ -33,8 +33,7 @@ from .machine import cpu_info
 from .manifest_writer import build_manifest
 from .model import MobileVMoE, count_params
 from .parity import ParityBounds, ParityError, ParityReport, check_bundle, format_report, verify_specs
-from .plan import (build_schedule, check_golden_images, default_bounds, default_parity_images, plan_target,
-                   resolve_schedule, schedule_reason)
+from .plan import check_golden_images, choose_schedule, default_bounds, default_parity_images, plan_target
 from .quantize import GraphQuant, QuantOptions
 from .quantize import plan as quantize_plan
 from .runtime import BundleRuntime
@@ -84,7 +83,7 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
     tp = plan_target(target, options.quant, options.backend_options.get(target))
     options = replace(options, quant=tp.quant)
     model = model if model is not None else ckpt.build_model()
-    schedule = build_schedule(ckpt.config, resolve_schedule(options.schedule, ckpt.config.top_k), options.quant)
+    schedule, schedule_reason = choose_schedule(ckpt.config, options.schedule, options.quant)
     graphs = split_model(model, schedule)
     if plan is None:
         plan = calibrate(ckpt.config, graphs, schedule, options.quant, calibration_images, log)
@@ -106,8 +105,7 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
             convert(g, tp.backend, tp.options, path, options.artifact_cache, quant)
             entries[g.name] = graph_entry(g, rel, path, quant)
         manifest = build_manifest(ckpt, target, schedule, entries, tp.backend, tp.options, options.quant,
-                                  options.eval_data, n_calibration,
-                                  schedule_reason(options.schedule, ckpt.config, schedule))
+                                  options.eval_data, n_calibration, schedule_reason)
         manifest["export_seconds"] = round(time.time() - t0, 2)
         write_json(tmp / MANIFEST, manifest)
 

@@ -225,9 +225,9 @@ class MobileVMoE(nn.Module):
         """The per-layer schedule: one graph per weight set, so its graphs' parameters sum to the model's."""
         return self.schedule_of("per-layer")
 
-    def schedule_of(self, kind: str, router_graph: bool = False) -> Schedule:
+    def schedule_of(self, kind: str) -> Schedule:
         c = self.cfg
-        return Schedule.of_kind(kind, c.num_experts, c.moe_layers, c.top_k, router_graph)
+        return Schedule.of_kind(kind, c.num_experts, c.moe_layers, c.top_k)
 
     def tensor_shape(self, name: str) -> tuple[int, ...]:
         return self.cfg.tensor_shape(name)

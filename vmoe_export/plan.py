@@ -43,6 +43,12 @@ def build_schedule(cfg: ModelConfig, kind: str, quant: QuantOptions) -> Schedule
     return Schedule.of_kind(kind, cfg.num_experts, cfg.moe_layers, cfg.top_k, router_apart(quant.mode, quant.router))
 
 
+def choose_schedule(cfg: ModelConfig, requested: str, quant: QuantOptions) -> tuple[Schedule, str]:
+    """The schedule an export of `cfg` uses for the requested kind (auto, per-layer, fused), and why."""
+    schedule = build_schedule(cfg, resolve_schedule(requested, cfg.top_k), quant)
+    return schedule, schedule_reason(requested, cfg, schedule)
+
+
 def schedule_reason(requested: str, cfg: ModelConfig, schedule: Schedule) -> str:
     """One line for the manifest and the reports: which schedule, chosen how, at what cost in graph calls."""
     calls = f"{schedule.calls_per_image} graph calls per image"
@@ -139,8 +145,7 @@ def plan_export(cfg: ModelConfig, targets: str | Sequence[str], quant: QuantOpti
     stray = set(backend_options) - set(names)
     if stray:
         raise ConfigError(f"backend options given for {', '.join(sorted(stray))}, which is not being exported")
-    kind = resolve_schedule(schedule, cfg.top_k)  # refuse fused + k>1 before any work
-    reason = schedule_reason(schedule, cfg, build_schedule(cfg, kind, quant))
+    chosen, reason = choose_schedule(cfg, schedule, quant)  # refuse fused + k>1 before any work
     plans, skipped = [], []
     for t in names:
         if every and not supports(t, quant.mode):
@@ -149,5 +154,5 @@ def plan_export(cfg: ModelConfig, targets: str | Sequence[str], quant: QuantOpti
         plans.append(plan_target(t, quant, backend_options.get(t)))  # a missing package fails here, before work
     if not plans:
         raise ConfigError(f"no target offers {quant.mode}")
-    return ExportPlan(tuple(plans), tuple(skipped), quant, kind, reason,
+    return ExportPlan(tuple(plans), tuple(skipped), quant, chosen.kind, reason,
                       bounds or default_bounds(quant), parity_images or default_parity_images(quant), golden_images)

@@ -11,7 +11,7 @@ Calibration respects routing. Trunk, router, shared attention and head see every
 image; an expert graph sees only the inputs of the images the fp32 model routes to that expert, the
 distribution it meets on device: a per-layer expert their hidden states at its layer, a fused expert
 path (k=1) their tokens and gate. An expert routed fewer than `min_samples` images
-falls back to the hidden states of every image at its layer, and the plan says so.
+falls back to every image's input at its step, and the plan says so.
 """
 
 from __future__ import annotations
@@ -89,33 +89,24 @@ def record_inputs(graphs: list[Graph], schedule: Schedule, images: torch.Tensor)
     fallback calibration set."""
     by_name = {g.name: g for g in graphs}
     seen: dict[str, list[tuple[torch.Tensor, ...]]] = {g.name: [] for g in graphs}
-    step_inputs: dict[int, list[tuple[torch.Tensor, ...]]] = {}  # id of an expert step -> every image's input
-    step_of: dict[str, int] = {}  # expert graph -> its step
-    attention_step: dict[str, int] = {}  # a per-layer attention graph -> its MoE layer's step
-    path_step: dict[str, int] = {}  # a fused expert path -> its step
-    for i, step in enumerate(schedule.steps):
-        if isinstance(step, (MoELayer, ExpertPath)):
-            step_of.update({g: i for g in step.experts})
-            step_inputs[i] = []
-        if isinstance(step, MoELayer):
-            attention_step[step.attention] = i
-        if isinstance(step, ExpertPath):
-            path_step.update({g: i for g in step.experts})
+    step_of = {g: s for s in schedule.steps if isinstance(s, (MoELayer, ExpertPath)) for g in s.experts}
+    attention_step = {s.attention: s for s in schedule.steps if isinstance(s, MoELayer)}
+    step_inputs: dict = {s: [] for s in set(step_of.values())}  # an expert step -> every image's input to it
 
     def run(name, *xs):
         recorded = tuple(x.clone() for x in xs)
         seen[name].append(recorded)
-        if name in path_step:
-            step_inputs[path_step[name]].append(recorded)
+        if isinstance(step_of.get(name), ExpertPath):  # a fused path's input is the step's input
+            step_inputs[step_of[name]].append(recorded)
         outs = by_name[name].run(*xs)
-        if name in attention_step:
+        if name in attention_step:  # a per-layer expert's input is its layer's hidden state
             step_inputs[attention_step[name]].append((outs[1].clone(),))
         return outs
 
     select = torch_select(schedule.top_k)
     for b in range(images.shape[0]):
         execute(schedule, run, select, images[b : b + 1])
-    return seen, {g: step_inputs[i] for g, i in step_of.items()}
+    return seen, {g: step_inputs[s] for g, s in step_of.items()}
 
 
 def plan(graphs: list[Graph], schedule: Schedule, options: QuantOptions, calibration: torch.Tensor | None,
