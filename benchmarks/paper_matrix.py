@@ -34,7 +34,8 @@ TARGET_VARIANT = "vit-12x192-moe"
 VARIANTS = ["vit-12x192-moe", "vit-9x192-moe", "vit-6x192-moe", "vit-12x96-moe", "vit-6x64-moe"]
 
 
-def run(variants: list[str], ks: list[int], threads: list[int], settings, work: Path, progress: bool) -> dict:
+def run(variants: list[str], ks: list[int], threads: list[int], settings, work: Path, progress: bool,
+        targets: list[str] | None = None) -> dict:
     from vmoe_export.backends import runtime_targets
     from vmoe_export.bench.run import machine_info, run_benchmarks
     from vmoe_export.checkpoint import random_checkpoint
@@ -43,7 +44,7 @@ def run(variants: list[str], ks: list[int], threads: list[int], settings, work: 
     from vmoe_export.model import MobileVMoE, load_config
 
     cache = work / "artifacts"
-    targets = runtime_targets()
+    targets = targets or runtime_targets()
     rows, started = [], time.time()
     for name_or_path in variants:
         base = load_config(name_or_path)
@@ -71,7 +72,7 @@ def run(variants: list[str], ks: list[int], threads: list[int], settings, work: 
                         f"{r['backend']} split/dense {r['split_over_dense']:.2f} split/mono {r['split_over_monolithic']:.2f}"
                         for r in rows[-len(targets):]), flush=True)
     return {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(threads[0]),
-            "settings": {"warmup": settings.warmup, "runs": settings.runs, "quick": settings.quick,
+            "settings": {"warmup": settings.warmup, "runs": settings.runs, "rounds": settings.rounds, "quick": settings.quick,
                          "variants": variants, "top_k": ks, "threads": threads},
             "inputs": SYNTHETIC_NOTE, "wall_seconds": round(time.time() - started, 1), "rows": rows}
 
@@ -91,6 +92,7 @@ def summarize(report: dict, variant: str, k: int, threads: int, export_s: float)
             "monolithic_ms": b["monolithic"]["median_ms"], "monolithic_p90_ms": b["monolithic"]["p90_ms"],
             "eager_ms": e["routed_model"]["median_ms"],
             "split_over_dense": q["split_over_dense_twin"], "split_over_monolithic": q["split_over_monolithic"],
+            "spread_over_rounds": q.get("spread_over_rounds"),
             "stages_ms": {st: v["median_ms"] for st, v in sp["stages"].items()},
             "cold_load_ms": sp["expert_cold_load"]["median_ms"], "expert_bytes": sp["expert_bytes"][0],
             "cold_load_uncached_ms": (sp["expert_cold_load_uncached"] or {}).get("median_ms"),
@@ -100,6 +102,9 @@ def summarize(report: dict, variant: str, k: int, threads: int, export_s: float)
             "rss_shared_first_run_mb": mem.get("shared_first_run_mb"), "rss_routed_experts_mb": mem.get("routed_experts_mb"),
             "expert_rss_loaded_over_bytes": mem.get("expert_load_over_bytes"),
             "expert_rss_over_bytes": mem.get("expert_marginal_over_bytes"),
+            "expert_anon_over_bytes": mem.get("expert_marginal_anon_over_bytes"),
+            "expert_file_over_bytes": mem.get("expert_marginal_file_over_bytes"),
+            "expert_bundle_mapped_over_bytes": mem.get("expert_marginal_bundle_mapped_over_bytes"),
             # (all - routed) / (E - k) experts, over one expert's bytes: what the "close to (E-k) x bytes" asks
             "all_minus_routed_per_expert_over_bytes": (
                 (mem["all_experts_mb"] - mem["routed_resident_mb"]) * 2**20 / (len(sp["expert_bytes"]) - k)
@@ -233,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the results go")
     p.add_argument("--quick", action="store_true", help="vit-6x64-moe only, k=1 (both schedules), 1 thread, few runs (CI-sized)")
     p.add_argument("--variants", nargs="+", default=None, help=f"config names or JSON paths (default {' '.join(VARIANTS)})")
+    p.add_argument("--targets", nargs="+", default=None, help="runtime backends to measure (default: all)")
     p.add_argument("--work", type=Path, default=None, help="keep bundles and the artifact cache here (default: a temp dir)")
     args = p.parse_args(argv)
     variants = args.variants or (["vit-6x64-moe"] if args.quick else VARIANTS)
     ks, threads = ([1], [1]) if args.quick else ([1, 2], [1, 2])
-    settings = BenchSettings(warmup=3, runs=20, quick=True) if args.quick else BenchSettings(warmup=10, runs=100)
+    settings = BenchSettings(warmup=3, runs=20, quick=True, rounds=4) if args.quick else BenchSettings(warmup=10, runs=100)
     with tempfile.TemporaryDirectory(prefix="vmoe-matrix-") as tmp:
         work = args.work or Path(tmp)
-        result = run(variants, ks, threads, settings, work, progress=True)
+        result = run(variants, ks, threads, settings, work, progress=True, targets=args.targets)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "paper_matrix.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "paper_matrix.md").write_text(markdown(result))

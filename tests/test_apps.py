@@ -139,7 +139,7 @@ def test_kotlin_core_junit_against_golden_vectors(shipped_bundle, tmp_path):
                                    ExportOptions(parity_images=50, progress=False, schedule="per-layer"),
                                    log=lambda s: None)
     int8, int8_report = export_bundle(ckpt, "executorch", tmp_path / "int8", test.images, test.labels,
-                                      ExportOptions(progress=False, quant=QuantOptions("dynamic-int8")),
+                                      ExportOptions(parity_images=1000, progress=False, quant=QuantOptions("dynamic-int8")),
                                       log=lambda s: None)
     assert report["status"] == fused_report["status"] == int8_report["status"] == "pass"
     assert [json.loads((b / "manifest.json").read_text())["schedule"]["kind"] for b in (bundle, fused, int8)] == \

@@ -105,6 +105,26 @@ def test_manifest_edited_after_export_is_caught_by_its_digest(tiny_onnx_bundle, 
         BundleRuntime(bundle, expect_digest=digest)
 
 
+def test_onnx_fp32_graphs_are_optimised_at_export_and_int8_ones_at_load(tiny_onnx_bundle):
+    """fp32 ONNX artifacts are ONNX Runtime's own optimised models (saved by it, so its operator domains are
+    declared), recorded as such, and load with the optimiser off; int8 graphs and older bundles load as before."""
+    import onnx
+
+    from vmoe_export.backends import ArtifactRecord
+    from vmoe_export.backends.onnx import optimized_offline
+
+    path, _ = tiny_onnx_bundle
+    m = read_manifest(path)
+    assert m["backend_options"] == {"optimize_offline": True}
+    for name, g in m["graphs"].items():
+        model = onnx.load(str(path / g["path"]), load_external_data=False)
+        assert "com.microsoft" in {o.domain for o in model.opset_import}, name  # written by ORT, not torch.onnx
+        assert optimized_offline(ArtifactRecord.from_manifest(m, name))
+    assert not optimized_offline(ArtifactRecord({"optimize_offline": True}, "dynamic-int8"))
+    assert not optimized_offline(ArtifactRecord({}, "none"))  # a bundle from before the option: ORT optimises at load
+    assert not optimized_offline(ArtifactRecord({"optimize_offline": False}, "none"))
+
+
 def test_only_routed_experts_are_loaded(tiny_onnx_bundle):
     path, ckpt = tiny_onnx_bundle
     model = ckpt.build_model()

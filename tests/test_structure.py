@@ -176,7 +176,7 @@ def test_backend_refuses_another_backends_options():
     from vmoe_export.backends import describe
     from vmoe_export.backends.coreml import CoreMLOptions
 
-    with pytest.raises(TypeError, match="onnx takes NoOptions"):
+    with pytest.raises(TypeError, match="onnx takes OnnxOptions"):
         describe("onnx").make_options(CoreMLOptions())
     with pytest.raises(ValueError, match="unknown CoreML compression"):
         CoreMLOptions(compress="int3")

@@ -187,8 +187,8 @@ def test_self_test_refuses_a_runtime_whose_numbers_drift(tiny_onnx_bundle, monke
     assert rt.self_test_report.passed and rt.self_test_ms > 0 and rt.experts.loaded == []
     load = onnx_backend.BACKEND.load
 
-    def drifting(p, io, run):
-        runner = load(p, io, run)
+    def drifting(p, io, run, record):
+        runner = load(p, io, run, record)
         if "trunk" not in str(p):
             return runner
         return lambda xs: [o * np.float32(1.05) for o in runner(xs)]

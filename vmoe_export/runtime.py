@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import RunOptions, get_runtime
+from .backends import ArtifactRecord, RunOptions, get_runtime
 from .native_output import quiet
 from .bundle import BundleError, artifact_path, graph_sizes, manifest_schedule, read_manifest
 from .graphio import GraphIO
@@ -177,7 +177,8 @@ class BundleRuntime:
     def _load_graph(self, name: str):
         path = artifact_path(self.dir, self.manifest, name, self._verified)  # containment and sha256
         with quiet(f"{self.backend.name} loading {name}"):
-            return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options)
+            return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options,
+                                     ArtifactRecord.from_manifest(self.manifest, name))
 
     def run_graph(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
         """One graph of the bundle on numpy inputs (an expert's graphs are loaded through the cache)."""

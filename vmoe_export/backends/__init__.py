@@ -14,6 +14,8 @@ runtime (`runtime_modules`), so a bundle runs where neither torch nor a converte
 `export(graph, path, options, quant)` receives the graph's quantize.GraphQuant: the mode to convert
 it in (one the backend declares) and, for static-int8, its calibration inputs.
 
+`load(path, io, run, record)` receives the artifact's ArtifactRecord: what the bundle's manifest says about
+how it was made (the export options, the graph's quantization), for a backend whose loading depends on it.
 A runner takes the graph's inputs as float32 numpy arrays in manifest order and returns its
 outputs in manifest order, so the runtime never sees backend-specific tensor names.
 """
@@ -23,7 +25,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -66,13 +69,32 @@ class NoOptions:
 
 
 @dataclass(frozen=True)
+class ArtifactRecord:
+    """What a bundle records about how one artifact was made: its backend's export options (the manifest's
+    backend_options; {} in bundles from before an option existed) and the graph's quantization mode."""
+
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    quantization: str = "none"
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, graph: str) -> "ArtifactRecord":
+        q = manifest["graphs"][graph].get("quantization") or {}
+        return cls(dict(manifest.get("backend_options") or {}), q.get("mode", "none"))
+
+    @classmethod
+    def of_export(cls, options: Any, quantization: str = "none") -> "ArtifactRecord":
+        """The record of an artifact exported here and now with `options` (a backend's options dataclass)."""
+        return cls(asdict(options), quantization)
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     suffix: str  # artifact file (or directory, for .mlpackage) suffix
     distributions: tuple[str, ...]  # pip packages it needs (their pins come from vmoe-export's own metadata)
     modules: tuple[str, ...]  # import names that must be importable to export
     export: Callable[[Graph, Path, Any, GraphQuant], None]  # (graph, artifact path, options instance, quantization)
-    load: Callable[[Path, GraphIO, RunOptions], Runner]
+    load: Callable[[Path, GraphIO, RunOptions, ArtifactRecord], Runner]
     options: type = NoOptions  # frozen dataclass of this backend's export options
     quantization: tuple[str, ...] = ("none",)  # quantization modes it supports (quantize.MODES names)
     # Why a supported mode cannot be produced here with these options (e.g. needs macOS), or None.

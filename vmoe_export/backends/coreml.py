@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..graphio import GraphIO
-from . import Backend, BackendUnavailable, RunOptions
+from . import ArtifactRecord, Backend, BackendUnavailable, RunOptions
 
 if TYPE_CHECKING:  # the build side
     from ..quantize import GraphQuant
@@ -137,7 +137,7 @@ def check_artifact(path: Path, io: GraphIO) -> None:
         raise ValueError(f"{path.name}: spec has inputs {inputs} / outputs {outputs}, manifest says {want_in} / {io.output_names}")
 
 
-def load(path: Path, io: GraphIO, run: RunOptions):
+def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     reason = runtime_unavailable()
     if reason:
         raise BackendUnavailable(reason)

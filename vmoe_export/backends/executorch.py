@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..graphio import GraphIO
-from . import Backend, NoOptions, RunOptions
+from . import ArtifactRecord, Backend, NoOptions, RunOptions
 
 if TYPE_CHECKING:  # the build side
     from ..quantize import GraphQuant
@@ -50,7 +50,7 @@ def set_threads(threads: int) -> None:
             portable_lib._unsafe_reset_threadpool(threads)
 
 
-def load(path: Path, io: GraphIO, run: RunOptions):
+def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     import torch  # ExecuTorch's Python runtime exchanges torch tensors: its wheel depends on torch
     from executorch.runtime import Runtime
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..graphio import GraphIO
-from . import Backend, NoOptions, RunOptions
+from . import ArtifactRecord, Backend, NoOptions, RunOptions
 
 if TYPE_CHECKING:  # the build side; a runtime-only install has neither
     from ..quantize import GraphQuant
@@ -74,7 +74,7 @@ def _signature_names(interpreter) -> tuple[list[str], list[str]]:
     return sorted(signature["inputs"], key=_position), sorted(signature["outputs"], key=_position)
 
 
-def load(path: Path, io: GraphIO, run: RunOptions):
+def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=run.threads or None)

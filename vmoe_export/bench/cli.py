@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                                schedule=args.schedule, data=args.data_dir, seed=args.seed,
                                progress=lambda line: print(f"vmoe-bench: {line}", file=sys.stderr),
                                progress_bars=not args.quiet, device=args.device, apk=args.apk)
+        from .report import spread
+
         report = result.report
         m, cfg = report["model"], report["model"]["config"]
         print(f"wrote {args.out}/bench.json, README.md and plots ({m['name']}, E={m['num_experts']}, k={m['top_k']}, "
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         for target, r in report["ratios"].items():
             b = report["backends"][target]
             print(f"{target}: split {b['split']['end_to_end']['median_ms']:.3f} ms | dense twin {b['dense_twin']['median_ms']:.3f} ms "
-                  f"(x{r['split_over_dense_twin']:.2f}) | monolithic {b['monolithic']['median_ms']:.3f} ms (x{r['split_over_monolithic']:.2f}) "
+                  f"(x{r['split_over_dense_twin']:.2f}{spread(r, 'dense_twin')}) | monolithic {b['monolithic']['median_ms']:.3f} ms "
+                  f"(x{r['split_over_monolithic']:.2f}{spread(r, 'monolithic')}) "
                   f"| eager model x{r['split_over_eager_model']:.2f} | cold expert load {b['split']['expert_cold_load']['median_ms']:.2f} ms "
                   f"| self-test at open {b['split']['self_test_ms']:.1f} ms")
         for label, entry in report.get("devices", {}).items():

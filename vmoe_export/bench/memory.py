@@ -2,6 +2,11 @@
 count against another's. `measure_rss(bundle)` runs this module as `python -m vmoe_export.bench.memory
 BUNDLE` and reads the one JSON line it prints.
 
+A phone does not count all resident pages alike: anonymous pages (heap copies, packed weights) are dirty
+and stay until freed, while file-backed pages of a mapped artifact are clean and the OS may drop them under
+pressure and read them back. So every reading is split, from /proc/self/smaps_rollup, into anonymous and
+file-backed bytes, and /proc/self/smaps says how many of the file-backed bytes are the bundle's own files.
+
 Every reading is taken after glibc's malloc_trim(0), so it counts memory the bundle holds, not heap the
 allocator kept after a converter's or runtime's temporary buffers were freed (at vit-12x192 that
 retention alone was about 1 MiB per ONNX Runtime session). Where glibc is absent the readings are raw."""
@@ -22,23 +27,48 @@ except (OSError, AttributeError):
     _trim = None
 
 
-def _rss() -> tuple[int, int]:
-    """(current, peak) resident bytes of this process."""
+def _kib_fields(path: str) -> dict[str, int]:
+    with open(path) as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(v.split()[0]) * 1024 for k, v in fields.items() if v.strip().endswith("kB")}
+
+
+def _bundle_mapped(bundle: Path) -> int:
+    """Resident bytes of mappings of files inside the bundle (an artifact the runtime mmapped)."""
+    root, total, inside = str(bundle.resolve()) + "/", 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+                inside = len(head) == 6 and head[5].strip().startswith(root)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def _reading(bundle: Path) -> dict[str, int]:
+    """Resident bytes now: all (VmRSS), anonymous, file-backed (and shmem), of which the bundle's files."""
     if _trim is not None:
         _trim(0)
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f if ":" in line)
-    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+    status = _kib_fields("/proc/self/status")
+    rollup = _kib_fields("/proc/self/smaps_rollup")
+    return {"rss": status["VmRSS"], "peak": status["VmHWM"], "anon": rollup["Anonymous"],
+            "file": rollup["Rss"] - rollup["Anonymous"], "bundle_mapped": _bundle_mapped(bundle)}
 
 
-def _zeros(rt, name: str) -> list:
+def zero_inputs(rt, name: str) -> list:
+    """Zeros for each input of one graph of a BundleRuntime's bundle, shaped as its manifest says."""
     import numpy as np
 
     return [np.zeros(t["shape"], np.float32) for t in rt.manifest["graphs"][name]["inputs"]]
 
 
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in ("rss", "anon", "file", "bundle_mapped")}
+
+
 def probe(bundle: str) -> dict:
-    """RSS at each step of a bundle's life, each step's growth attributable to one thing:
+    """Resident memory at each step of a bundle's life, each step's growth attributable to one thing:
     shared graphs loaded -> each shared graph run once (activation arenas, weights packed on first run, e.g.
     by XNNPACK in LiteRT) -> first image (the routed expert(s) loaded and run) -> warm-up image -> each other
     expert loaded (before it runs) and then run once."""
@@ -48,37 +78,38 @@ def probe(bundle: str) -> dict:
     from ..bundle import read_manifest
     from ..runtime import BundleRuntime
 
+    path = Path(bundle)
+    read = lambda: _reading(path)  # noqa: E731
     # The runtime library's own footprint is not the bundle's: load it before the baseline reading.
-    get_backend(read_manifest(Path(bundle))["target"]).start_runtime()
-    base = _rss()[0]
+    get_backend(read_manifest(path)["target"]).start_runtime()
+    at = {"baseline": read()}
     # Without the self-test: its golden images would run the shared graphs and load experts before the first reading.
-    rt = BundleRuntime(Path(bundle), run=RunOptions(threads=1), self_test=False)
-    shared = _rss()[0]
+    rt = BundleRuntime(path, run=RunOptions(threads=1), self_test=False)
+    at["shared_loaded"] = read()
     for name in rt.schedule.shared_graphs:
-        rt.run_graph(name, *_zeros(rt, name))
-    shared_run = _rss()[0]
+        rt.run_graph(name, *zero_inputs(rt, name))
+    at["shared_run"] = read()
     image = np.zeros(rt.input_shape, np.float32)
     routed_ids = rt.predict(image).experts
-    routed, routed_count = _rss()[0], len(rt.experts.loaded)
+    at["routed_resident"], routed_count = read(), len(rt.experts.loaded)
     rt.predict(image)  # warm-up: arenas and packing done
-    warm = _rss()[0]
+    at["warm"] = read()
     loaded, marginal = [], []
     for e in range(rt.num_experts):
         if e in routed_ids:
             continue
-        before = _rss()[0]
+        before = read()
         graphs = rt.experts.get(e)[0]
-        after_load = _rss()[0]
+        loaded.append(_delta(read(), before))
         for name, run in graphs.items():
-            run(_zeros(rt, name))
-        loaded.append(after_load - before)
-        marginal.append(_rss()[0] - before)
+            run(zero_inputs(rt, name))
+        marginal.append(_delta(read(), before))
     rt.predict(image)
-    full, peak = _rss()
-    return {"baseline_rss": base, "shared_loaded_rss": shared, "shared_run_rss": shared_run,
-            "routed_resident_rss": routed, "warm_rss": warm,
-            "all_experts_rss": full, "peak_rss": peak, "routed_experts": routed_count,
-            "all_experts_loaded": len(rt.experts.loaded), "expert_load_rss": loaded, "expert_marginal_rss": marginal,
+    at["all_experts"] = read()
+    return {**{f"{k}_rss": v["rss"] for k, v in at.items()}, "peak_rss": at["all_experts"]["peak"],
+            "readings": at, "routed_experts": routed_count, "all_experts_loaded": len(rt.experts.loaded),
+            "expert_load_rss": [d["rss"] for d in loaded], "expert_marginal_rss": [d["rss"] for d in marginal],
+            "expert_load": loaded, "expert_marginal": marginal,
             "expert_bytes": [rt.expert_bytes(e) for e in range(rt.num_experts) if e not in routed_ids],
             "malloc_trim": _trim is not None}
 
@@ -107,6 +138,13 @@ def measure_rss(bundle: Path) -> dict:
         # Each further expert after warm-up over its artifact bytes (median): loaded only, then loaded and run once.
         "expert_load_over_bytes": _median([rss / b for rss, b in zip(m["expert_load_rss"], sizes, strict=True)]),
         "expert_marginal_over_bytes": _median([rss / b for rss, b in zip(m["expert_marginal_rss"], sizes, strict=True)]),
+        # The same growth split by kind of page: anonymous (dirty, stays) and file-backed (clean, the OS may drop
+        # it), and of the file-backed, the bundle's own mapped files.
+        **{f"expert_marginal_{kind}_over_bytes": _median([d[kind] / b for d, b in zip(m["expert_marginal"], sizes,
+                                                                                        strict=True)])
+           for kind in ("anon", "file", "bundle_mapped")},
+        **{f"{stage}_{kind}_mb": (m["readings"][stage][kind] - m["readings"]["baseline"][kind]) * MIB
+           for stage in ("shared_loaded", "routed_resident", "all_experts") for kind in ("anon", "file")},
     }
 
 

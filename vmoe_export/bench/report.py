@@ -79,8 +79,33 @@ def _plots(report: dict, out: Path) -> None:
     save_figure(fig, ax, out / "stages.png", "median ms / image", "Routed bundle: time per stage")
 
 
+def spread(ratios: dict, baseline: str) -> str:
+    """' (min-max over N rounds)' for a ratio measured interleaved; '' for a report from before."""
+    lo_hi = ratios.get("spread_over_rounds", {}).get(baseline)
+    return f" ({lo_hi[0]:.2f}-{lo_hi[1]:.2f})" if lo_hi else ""
+
+
 def _ms(d: dict) -> str:
     return f"{d['median_ms']:.3f} / {d['p90_ms']:.3f}"
+
+
+def _memory_kinds_table(backends: dict) -> list[str]:
+    rows = [(t, b["memory"]) for t, b in backends.items() if "expert_marginal_anon_over_bytes" in b["memory"]]
+    if not rows:  # a report from before the split was recorded
+        return []
+    lines = ["### By kind of page (/proc/self/smaps_rollup)", "",
+             "Anonymous pages (heap, packed weights) are dirty: they stay resident until freed. File-backed pages "
+             "(mapped libraries and artifacts) are clean: the OS may drop them under memory pressure and read them "
+             "back, so a phone counts them differently. Bundle files = the file-backed pages that are mappings of the "
+             "bundle's own artifacts. Growth over the runtime baseline, MiB, anonymous / file-backed.", "",
+             "| backend | shared graphs | + routed expert(s) | + all experts | per further expert / its bytes: anonymous, file-backed (bundle files) |",
+             "|---|---|---|---|---|"]
+    for t, m in rows:
+        cells = [f"{m[f'{stage}_anon_mb']:.2f} / {m[f'{stage}_file_mb']:.2f}"
+                 for stage in ("shared_loaded", "routed_resident", "all_experts")]
+        lines.append(f"| {t} | {' | '.join(cells)} | {m['expert_marginal_anon_over_bytes']:.2f}x, "
+                     f"{m['expert_marginal_file_over_bytes']:.2f}x ({m['expert_marginal_bundle_mapped_over_bytes']:.2f}x) |")
+    return lines + [""]
 
 
 def markdown(r: dict) -> str:
@@ -97,7 +122,9 @@ def markdown(r: dict) -> str:
         "",
         *([f"Schedule: {r['schedule_reason']}.", ""] if r.get("schedule_reason") else []),
         f"Inputs: {r.get('data', {}).get('description', 'test images')}. "
-        "Shared machines are noisy: read the ratios (measured in this one run), not absolute milliseconds. "
+        "Shared machines are noisy: read the ratios (measured in this one run), not absolute milliseconds. The routed "
+        f"bundle and its baselines were timed interleaved in {s.get('rounds', 1)} alternating rounds; a ratio is the median "
+        "of its per-round ratios, with their range in brackets. "
         + ("Phone figures are in the on-device section at the end." if r.get("devices") else
          "Nothing here ran on a phone (vmoe-bench --device adb runs it there); see the README's on-device section."),
         "",
@@ -123,7 +150,8 @@ def markdown(r: dict) -> str:
     for t, b in r["backends"].items():
         q = r["ratios"][t]
         lines.append(f"| {t} | {_ms(b['split']['end_to_end'])} | {_ms(b['dense_twin'])} | {_ms(b['monolithic'])} | "
-                     f"{q['split_over_dense_twin']:.2f} | {q['split_over_monolithic']:.2f} | {q['split_over_eager_model']:.2f} |")
+                     f"{q['split_over_dense_twin']:.2f}{spread(q, 'dense_twin')} | "
+                     f"{q['split_over_monolithic']:.2f}{spread(q, 'monolithic')} | {q['split_over_eager_model']:.2f} |")
     e = r["eager"]
     lines += [
         f"| eager PyTorch | routed model {_ms(e['routed_model'])}; split schedule {_ms(e['routed_split'])} | "
@@ -166,6 +194,15 @@ def markdown(r: dict) -> str:
                      f"{sp['expert_warm_lookup']['median_ms']:.4f} | "
                      f"{sp['stages']['experts']['median_ms']:.3f} | {r['ratios'][t]['cold_load_over_warm_expert_exec']:.1f} | "
                      f"{sp['expert_bytes'][0] / 1024:.0f} KiB | {sp.get('self_test_ms', 0.0):.1f} |")
+    steps = [(t, b["split"]["expert_cold_load_steps"]) for t, b in r["backends"].items()
+             if b["split"].get("expert_cold_load_steps")]
+    if steps:
+        lines += ["", "Where a cold load goes, per expert (its graphs together, page-cached), median ms: the checks "
+                  "before a load (containment, size, sha256, which reads the file), the runtime's own load (read, parse, "
+                  "init), and the expert's first run.", "",
+                  "| backend | verify | runtime load | first run |", "|---|---|---|---|",
+                  *[f"| {t} | {st['verify']['median_ms']:.2f} | {st['runtime_load']['median_ms']:.2f} | "
+                    f"{st['first_run']['median_ms']:.2f} |" for t, st in steps]]
     lines += [
         "",
         "![expert load](expert_load.png)",
@@ -190,7 +227,7 @@ def markdown(r: dict) -> str:
                          f"{mem['all_experts_mb']:.2f} MiB | {mem['shared_first_run_mb']:.2f} + "
                          f"{mem['routed_experts_mb']:.2f} MiB | {mem['expert_load_over_bytes']:.2f}x, "
                          f"{mem['expert_marginal_over_bytes']:.2f}x | {mem['peak_rss'] / 2**20:.0f} MiB |")
-    lines += ["", "![memory](memory.png)", ""]
+    lines += ["", "![memory](memory.png)", "", *_memory_kinds_table(r["backends"])]
     if r.get("quantized"):
         lines += ["## Quantized bundles against fp32 (same run)", "",
                   "Size and latency ratios are against the same backend's fp32 bundle above; accuracy, routing and SNR "

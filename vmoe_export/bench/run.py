@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -24,7 +25,7 @@ from ..data import preprocess
 from ..model import MobileVMoE, ModelConfig
 from .baselines import dense_graph, monolithic_graph
 from .counts import flop_report
-from .measure import BenchSettings, bench_bundle, bench_eager, bench_single_graph
+from .measure import BenchSettings, bench_bundle, bench_eager, load_single_graph
 from .memory import measure_rss
 
 
@@ -67,12 +68,14 @@ def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMo
     np_images = [x[i : i + 1].numpy() for i in range(len(x))]
     with tempfile.TemporaryDirectory() as tmp:
         for target in tqdm(list(bundles), desc="benchmark backends", disable=not progress or None):
-            out = {"bundle": str(bundles[target])}
-            out["split"] = bench_bundle(bundles[target], np_images, s)
             work = Path(tmp) / target
             work.mkdir()
-            out["dense_twin"] = bench_single_graph(target, dense_graph(dense), np_images[0], s, work, artifact_cache)
-            out["monolithic"] = bench_single_graph(target, monolithic_graph(model), np_images[0], s, work, artifact_cache)
+            baselines = {name: load_single_graph(target, graph, np_images[0], s, work, artifact_cache)
+                         for name, graph in (("dense_twin", dense_graph(dense)), ("monolithic", monolithic_graph(model)))}
+            split = bench_bundle(bundles[target], np_images, s, against={k: run for k, (run, _) in baselines.items()})
+            timed = split.pop("against")
+            out = {"bundle": str(bundles[target]), "split": split,
+                   **{name: {**timed[name], **info} for name, (_, info) in baselines.items()}}
             out["memory"] = measure_rss(bundles[target])
             report["backends"][target] = out
     report["ratios"] = ratios(report)
@@ -84,9 +87,12 @@ def ratios(report: dict) -> dict:
     out = {}
     for target, b in report["backends"].items():
         split = b["split"]["end_to_end"]["median_ms"]
+        per_round = b["split"]["round_ratios"]
         out[target] = {
-            "split_over_dense_twin": split / b["dense_twin"]["median_ms"],
-            "split_over_monolithic": split / b["monolithic"]["median_ms"],
+            # The median of the per-round ratios: drift between rounds cancels, as both were timed in each.
+            "split_over_dense_twin": float(np.median(per_round["dense_twin"])),
+            "split_over_monolithic": float(np.median(per_round["monolithic"])),
+            "spread_over_rounds": {k: [min(v), max(v)] for k, v in per_round.items()},
             "split_over_eager_model": split / eager,
             "cold_load_over_warm_expert_exec": b["split"]["expert_cold_load"]["median_ms"]
             / max(b["split"]["stages"]["experts"]["median_ms"], 1e-9),
