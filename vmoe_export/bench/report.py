@@ -199,7 +199,7 @@ def markdown(r: dict) -> str:
     if steps:
         lines += ["", "Where a cold load goes, per expert (its graphs together, page-cached), median ms: the checks "
                   "before a load (containment, size, sha256, which reads the file), the runtime's own load (read, parse, "
-                  "init), and the expert's first run.", "",
+                  "init), and the expert's first run (one inference, plus arenas and weights packed on first use).", "",
                   "| backend | verify | runtime load | first run |", "|---|---|---|---|",
                   *[f"| {t} | {st['verify']['median_ms']:.2f} | {st['runtime_load']['median_ms']:.2f} | "
                     f"{st['first_run']['median_ms']:.2f} |" for t, st in steps]]
