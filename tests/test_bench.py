@@ -206,7 +206,12 @@ def test_bench_cli_on_an_image_folder_model(tmp_path, image_folder):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "r" / "bench.json").read_text())["quantized"]
     assert [(q["backend"], q["mode"]) for q in rows] == [("onnx", "dynamic-int8"), ("onnx", "static-int8")]
-    assert all(0 < q["size_ratio"] < 1 and q["latency_ms"] > 0 for q in rows)
+    # Against the fp32 bundle of the same run. (Whether int8 is smaller is test_quantize's question: on a model this
+    # tiny, static int8's quantize/dequantize nodes outweigh its weights, 1.8x the ORT-optimised fp32 file.)
+    from vmoe_export.bundle import bundle_bytes, read_manifest
+
+    fp32_bytes = bundle_bytes(read_manifest(tmp_path / "b" / "onnx"))
+    assert all(q["size_ratio"] == pytest.approx(q["size_bytes"] / fp32_bytes) and q["latency_ms"] > 0 for q in rows)
     manifest = json.loads((tmp_path / "b" / "static-int8" / "onnx" / "manifest.json").read_text())
     assert manifest["quantization"]["calibration"]["images"] > 0
     assert "## Quantized bundles against fp32" in (tmp_path / "r" / "README.md").read_text()

@@ -175,7 +175,10 @@ class BundleRuntime:
                                     + "; ".join(report.failures))
 
     def _load_graph(self, name: str):
-        path = artifact_path(self.dir, self.manifest, name, self._verified)  # containment and sha256
+        return self.load_verified(name, artifact_path(self.dir, self.manifest, name, self._verified))
+
+    def load_verified(self, name: str, path: Path):
+        """One graph's runner from its artifact at `path`, which bundle.artifact_path has verified."""
         with quiet(f"{self.backend.name} loading {name}"):
             return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options,
                                      ArtifactRecord.from_manifest(self.manifest, name))

@@ -18,7 +18,6 @@ import torch
 
 from ..backends import ArtifactRecord, RunOptions, get_backend
 from ..bundle import artifact_path
-from ..graphio import GraphIO
 from ..native_output import quiet
 from ..runtime import BundleRuntime
 from ..split import Graph, run_split, split_model
@@ -112,9 +111,7 @@ def cold_load_steps(rt: BundleRuntime) -> dict:
             t0 = time.perf_counter()
             path = artifact_path(rt.dir, rt.manifest, name)
             t1 = time.perf_counter()
-            with quiet(f"{rt.backend.name} loading {name}"):
-                run = rt.backend.load(path, GraphIO.from_manifest(rt.manifest["graphs"][name]), rt.run_options,
-                                      ArtifactRecord.from_manifest(rt.manifest, name))
+            run = rt.load_verified(name, path)
             t2 = time.perf_counter()
             run(zero_inputs(rt, name))
             t3 = time.perf_counter()

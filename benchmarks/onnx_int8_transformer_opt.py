@@ -1,0 +1,163 @@
+"""ONNX Runtime dynamic int8 with and without ORT's transformer optimiser first (issue 23, item 6).
+
+ONNX Runtime's quantization guide suggests running its transformer optimiser (onnxruntime.transformers
+.optimizer, which fuses attention, LayerNorm and GELU into contrib operators) before quantizing a transformer.
+This takes the vit-12x192-moe trunk graph (10 blocks: the bulk of the model's FLOPs) as torch.onnx writes
+it, and times, interleaved in alternating rounds at 1 thread: fp32 as exported (ORT optimising at load),
+fp32 as the bundle ships it (ORT-optimised at export, loaded with the optimiser off), dynamic int8 as the
+bundle ships it (quant_pre_process, then quantize_dynamic with backends/onnx.py's INT8_FORMATS), and the
+same dynamic int8 after the transformer optimiser. Each is also compared with fp32 on 8 random inputs (SNR).
+
+    python benchmarks/onnx_int8_transformer_opt.py [--out benchmarks/results] [--rounds 9]
+
+Writes onnx_int8_transformer_opt.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = "vit-12x192-moe"
+
+
+def export_trunk(work: Path) -> tuple[Path, Path, object]:
+    """(as torch.onnx writes it, as the bundle ships it, the model config) for the config's trunk graph."""
+    from vmoe_export.backends.onnx import OnnxOptions
+    from vmoe_export.backends.onnx import export as onnx_export
+    from vmoe_export.checkpoint import random_checkpoint
+    from vmoe_export.model import load_config
+    from vmoe_export.quantize import FP32
+    from vmoe_export.split import split_model
+
+    cfg = load_config(CONFIG)
+    trunk = next(g for g in split_model(random_checkpoint(cfg, seed=0).build_model().eval()) if g.name == "trunk")
+    raw, shipped = work / "trunk_raw.onnx", work / "trunk_shipped.onnx"
+    onnx_export(trunk, raw, OnnxOptions(optimize_offline=False), FP32)
+    onnx_export(trunk, shipped, OnnxOptions(optimize_offline=True), FP32)
+    return raw, shipped, cfg
+
+
+def quantize(raw: Path, work: Path, cfg, transformer_optimizer: bool) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from vmoe_export.backends.onnx import INT8_FORMATS
+
+    fmt = {k: getattr(QuantType, v) if k.endswith("_type") else v for k, v in INT8_FORMATS["dynamic-int8"].items()}
+    src, tag = raw, "shipped"
+    if transformer_optimizer:
+        optimized = optimize_model(str(raw), model_type="vit", num_heads=cfg.num_heads, hidden_size=cfg.embed_dim,
+                                   opt_level=0)  # Python fusions only: ORT's own pass runs at load
+        src, tag = work / "trunk_transformer_opt.onnx", "transformer"
+        optimized.save_model_to_file(str(src))
+    pre, out = work / f"trunk_pre_{tag}.onnx", work / f"trunk_int8_{tag}.onnx"
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=transformer_optimizer)
+    quantize_dynamic(str(pre), str(out), **fmt)
+    return out
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    return dict(ops.most_common(8))
+
+
+def measure(paths: dict[str, tuple[Path, bool]], rounds: int, x: np.ndarray, probes: list[np.ndarray]) -> dict:
+    import onnxruntime as ort
+
+    sessions = {}
+    for label, (path, offline) in paths.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if offline:
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sessions[label] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sessions["fp32, as exported"].get_inputs()[0].name
+    reference = [sessions["fp32, as exported"].run(None, {name: p})[0] for p in probes]
+    out = {}
+    for label, s in sessions.items():
+        got = [s.run(None, {name: p})[0] for p in probes]
+        signal = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in reference)
+        noise = sum(float(np.sum((r.astype(np.float64) - g) ** 2)) for r, g in zip(reference, got, strict=True))
+        out[label] = {"snr_db": 10 * np.log10(signal / noise) if noise > 0 else float("inf"), "ms": []}
+    for s in sessions.values():
+        s.run(None, {name: x})
+    labels = list(sessions)
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            t0 = time.perf_counter()
+            for _ in range(5):
+                sessions[label].run(None, {name: x})
+            out[label]["ms"].append((time.perf_counter() - t0) / 5 * 1e3)
+    base = out["fp32, as exported"]["ms"]
+    for label, r in out.items():
+        r["median_ms"] = float(np.median(r["ms"]))
+        per_round = [a / b for a, b in zip(r["ms"], base, strict=True)]
+        r["over_fp32_exported"] = float(np.median(per_round))
+        r["range"] = [min(per_round), max(per_round)]
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["# ONNX Runtime dynamic int8: the transformer optimiser before quantizing", "",
+             f"{CONFIG} trunk graph (10 blocks), batch 1, 1 thread, {result['rounds']} interleaved rounds of 5 calls; "
+             f"{result['machine']}; measured {result['created_at']}. Ratio = median of per-round ratios against fp32 "
+             "as exported (range in brackets). SNR against fp32 on 8 random inputs. "
+             "`python benchmarks/onnx_int8_transformer_opt.py`.", "",
+             "| variant | ms | / fp32 as exported | SNR dB | most frequent ops |", "|---|---|---|---|---|"]
+    for label, r in result["variants"].items():
+        ops = ", ".join(f"{k} {v}" for k, v in r["ops"].items())
+        snr = "exact" if r["snr_db"] == float("inf") else f"{r['snr_db']:.1f}"
+        lines.append(f"| {label} | {r['median_ms']:.2f} | {r['over_fp32_exported']:.2f} ({r['range'][0]:.2f}-"
+                     f"{r['range'][1]:.2f}) | {snr} | {ops} |")
+    return "\n".join(lines + [""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the results go")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
+    args = p.parse_args(argv)
+    from vmoe_export.bench.run import machine_info
+    from vmoe_export.native_output import quiet
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="vmoe-ort-int8-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        work = Path(tmp)
+        with quiet("exporting and quantizing the trunk"):
+            raw, shipped, cfg = export_trunk(work)
+            int8 = quantize(raw, work, cfg, transformer_optimizer=False)
+            int8_t = quantize(raw, work, cfg, transformer_optimizer=True)
+        shape = (1, cfg.in_chans, cfg.image_size, cfg.image_size)
+        paths = {"fp32, as exported": (raw, False), "fp32, as shipped (optimised at export)": (shipped, True),
+                 "dynamic int8, as shipped": (int8, False), "dynamic int8, transformer optimiser first": (int8_t, False)}
+        variants = measure(paths, args.rounds, rng.standard_normal(shape).astype(np.float32),
+                           [rng.standard_normal(shape).astype(np.float32) for _ in range(8)])
+        for label, (path, _) in paths.items():
+            variants[label]["ops"] = op_counts(path)
+    m = machine_info(1)
+    result = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds,
+              "machine": f"{m['cpu']}, onnxruntime {m['versions']['onnxruntime']}", "variants": variants}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "onnx_int8_transformer_opt.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (args.out / "onnx_int8_transformer_opt.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
