@@ -234,16 +234,16 @@ def test_paper_matrix_quick_writes_its_tables(tmp_path):
     are consistent with each other (the full run is recorded in benchmarks/results/, not timed here). Two of
     the three runtime backends keep the suite short; the script is backend-agnostic, the rest of the suite
     exports and runs all three."""
-    runtime_targets = lambda: ["tflite", "onnx"]  # noqa: E731
+    targets = ["tflite", "onnx"]
 
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(tiny_config(name="tiny-rgb", image_size=16, in_chans=3, mean=(0.5,) * 3,
                                           std=(0.25,) * 3).to_dict()))
     assert _load_script("paper_matrix").main(["--quick", "--variants", str(cfg), "--out", str(tmp_path / "r"),
-                                              "--targets", *runtime_targets()]) == 0
+                                              "--targets", *targets]) == 0
     result = json.loads((tmp_path / "r" / "paper_matrix.json").read_text())
     rows = result["rows"]
-    assert [(r["schedule"], r["backend"]) for r in rows] == [(s, t) for s in ("per-layer", "fused") for t in runtime_targets()]
+    assert [(r["schedule"], r["backend"]) for r in rows] == [(s, t) for s in ("per-layer", "fused") for t in targets]
     assert result["settings"]["quick"]
     for r in rows:
         assert r["variant"] == "tiny-rgb" and r["top_k"] == 1 and r["threads"] == 1
@@ -255,7 +255,7 @@ def test_paper_matrix_quick_writes_its_tables(tmp_path):
         assert r["rss_first_image_mb"] == pytest.approx(r["rss_shared_first_run_mb"] + r["rss_routed_experts_mb"])
     # Same model, same FLOPs: the fused bundle stores the MoE attention once per expert, so it is larger.
     by = {(r["schedule"], r["backend"]): r for r in rows}
-    for t in runtime_targets():
+    for t in targets:
         assert by["fused", t]["flops_active"] == by["per-layer", t]["flops_active"]
         assert by["fused", t]["bundle_bytes"] > by["per-layer", t]["bundle_bytes"]
     md = (tmp_path / "r" / "paper_matrix.md").read_text()
@@ -266,7 +266,7 @@ def test_paper_matrix_quick_writes_its_tables(tmp_path):
     script = _load_script("paper_matrix")  # the targets section, fed this run's rows as if they were vit-12x192's
     as_target = {**result, "rows": [{**r, "variant": script.TARGET_VARIANT} for r in rows]}
     section = script.markdown(as_target).split("against issue 10's targets")[1]
-    assert section.count("| 1 | fused |") == section.count("| 1 | per-layer |") == len(runtime_targets())
+    assert section.count("| 1 | fused |") == section.count("| 1 | per-layer |") == len(targets)
     assert section.count(" met") + section.count(" missed") == 4 * len(rows)
     for png in ("paper_latency.png", "paper_memory.png"):
         assert (tmp_path / "r" / png).read_bytes()[:4] == b"\x89PNG"

@@ -82,9 +82,9 @@ class ArtifactRecord:
         return cls(dict(manifest.get("backend_options") or {}), q.get("mode", "none"))
 
     @classmethod
-    def of_export(cls, options: Any, quantization: str = "none") -> "ArtifactRecord":
-        """The record of an artifact exported here and now with `options` (a backend's options dataclass)."""
-        return cls(asdict(options), quantization)
+    def of_export(cls, options: Any) -> "ArtifactRecord":
+        """The record of an fp32 artifact exported here and now with `options` (a backend's options dataclass)."""
+        return cls(asdict(options))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ CPU, so that choice must be made on the machine that runs the graph.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -71,16 +70,16 @@ def export(graph: Graph, path: Path, options: OnnxOptions, quant: GraphQuant) ->
             graph.module, tuple(graph.inputs.values()), dynamo=True, verbose=False,
             input_names=list(graph.inputs), output_names=list(graph.outputs),
         )
+    if quant.mode == "none" and not options.optimize_offline:
+        program.save(str(path))
+        return
     with tempfile.TemporaryDirectory(dir=path.parent) as work:
         fp32, pre = Path(work) / "fp32.onnx", Path(work) / "pre.onnx"
         program.save(str(fp32))
-        if quant.mode != "none":
-            _quantize(fp32, pre, path, list(graph.inputs), quant)
-        elif options.optimize_offline:
-            _optimize(fp32, pre)
-            os.replace(pre, path)
+        if quant.mode == "none":
+            _optimize(fp32, path)
         else:
-            os.replace(fp32, path)
+            _quantize(fp32, pre, path, list(graph.inputs), quant)
 
 
 # Measured on the shipped model (python benchmarks/onnx_int8_formats.py, benchmarks/results/int8_cpus.md: natively on
