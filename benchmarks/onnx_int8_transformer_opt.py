@@ -15,16 +15,12 @@ Writes onnx_int8_transformer_opt.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "vit-12x192-moe"
@@ -74,67 +70,39 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(ops.most_common(8))
 
 
-def measure(paths: dict[str, tuple[Path, bool]], rounds: int, x: np.ndarray, probes: list[np.ndarray]) -> dict:
+def runners(paths: dict[str, tuple[Path, bool]]) -> dict:
+    """Per variant, a call running its session on one input (1 thread; optimiser off for offline-optimised ones)."""
     import onnxruntime as ort
 
-    sessions = {}
+    out = {}
     for label, (path, offline) in paths.items():
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if offline:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sessions[label] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sessions["fp32, as exported"].get_inputs()[0].name
-    reference = [sessions["fp32, as exported"].run(None, {name: p})[0] for p in probes]
-    out = {}
-    for label, s in sessions.items():
-        got = [s.run(None, {name: p})[0] for p in probes]
-        signal = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in reference)
-        noise = sum(float(np.sum((r.astype(np.float64) - g) ** 2)) for r, g in zip(reference, got, strict=True))
-        out[label] = {"snr_db": 10 * np.log10(signal / noise) if noise > 0 else float("inf"), "ms": []}
-    for s in sessions.values():
-        s.run(None, {name: x})
-    labels = list(sessions)
-    for r in range(rounds):
-        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
-            t0 = time.perf_counter()
-            for _ in range(5):
-                sessions[label].run(None, {name: x})
-            out[label]["ms"].append((time.perf_counter() - t0) / 5 * 1e3)
-    base = out["fp32, as exported"]["ms"]
-    for label, r in out.items():
-        r["median_ms"] = float(np.median(r["ms"]))
-        per_round = [a / b for a, b in zip(r["ms"], base, strict=True)]
-        r["over_fp32_exported"] = float(np.median(per_round))
-        r["range"] = [min(per_round), max(per_round)]
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        out[label] = lambda a, session=session, name=name: session.run(None, {name: a})[0]
     return out
 
 
 def markdown(result: dict) -> str:
-    lines = ["# ONNX Runtime dynamic int8: the transformer optimiser before quantizing", "",
-             f"{CONFIG} trunk graph (10 blocks), batch 1, 1 thread, {result['rounds']} interleaved rounds of 5 calls; "
+    from vmoe_export.bench.variants import variants_markdown
+
+    intro = (f"{CONFIG} trunk graph (10 blocks), batch 1, 1 thread, {result['rounds']} interleaved rounds of 5 calls; "
              f"{result['machine']}; measured {result['created_at']}. Ratio = median of per-round ratios against fp32 "
              "as exported (range in brackets). SNR against fp32 on 8 random inputs. "
-             "`python benchmarks/onnx_int8_transformer_opt.py`.", "",
-             "| variant | ms | / fp32 as exported | SNR dB | most frequent ops |", "|---|---|---|---|---|"]
-    for label, r in result["variants"].items():
-        ops = ", ".join(f"{k} {v}" for k, v in r["ops"].items())
-        snr = "exact" if r["snr_db"] == float("inf") else f"{r['snr_db']:.1f}"
-        lines.append(f"| {label} | {r['median_ms']:.2f} | {r['over_fp32_exported']:.2f} ({r['range'][0]:.2f}-"
-                     f"{r['range'][1]:.2f}) | {snr} | {ops} |")
-    return "\n".join(lines + [""])
+             "`python benchmarks/onnx_int8_transformer_opt.py`.")
+    return variants_markdown("ONNX Runtime dynamic int8: the transformer optimiser before quantizing", intro,
+                             result["variants"], "fp32 as exported")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="where the results go")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
-    args = p.parse_args(argv)
-    from vmoe_export.bench.run import machine_info
+    from vmoe_export.bench.variants import compare_variants, random_inputs, record, save_result, script_args
     from vmoe_export.native_output import quiet
 
-    rng = np.random.default_rng(0)
+    args = script_args(__doc__, argv, REPO / "benchmarks" / "results")
     with tempfile.TemporaryDirectory(prefix="vmoe-ort-int8-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         work = Path(tmp)
@@ -145,17 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         shape = (1, cfg.in_chans, cfg.image_size, cfg.image_size)
         paths = {"fp32, as exported": (raw, False), "fp32, as shipped (optimised at export)": (shipped, True),
                  "dynamic int8, as shipped": (int8, False), "dynamic int8, transformer optimiser first": (int8_t, False)}
-        variants = measure(paths, args.rounds, rng.standard_normal(shape).astype(np.float32),
-                           [rng.standard_normal(shape).astype(np.float32) for _ in range(8)])
+        variants = compare_variants(runners(paths), *random_inputs(shape), args.rounds)
         for label, (path, _) in paths.items():
             variants[label]["ops"] = op_counts(path)
-    m = machine_info(1)
-    result = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds,
-              "machine": f"{m['cpu']}, onnxruntime {m['versions']['onnxruntime']}", "variants": variants}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "onnx_int8_transformer_opt.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (args.out / "onnx_int8_transformer_opt.md").write_text(markdown(result))
-    print(markdown(result))
+    result = record(args.rounds, "onnxruntime", variants)
+    save_result(args.out, "onnx_int8_transformer_opt", result, markdown(result))
     return 0
 
 

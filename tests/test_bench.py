@@ -288,6 +288,11 @@ def test_artifact_cache_reuses_identical_graphs_only(tmp_path):
     assert keys(k1) == keys(k2) and len(set(keys(k1))) == len(keys(k1))
     mono = [artifact_key(monolithic_graph(m), onnx, onnx.make_options()) for m in (k1, k2)]
     assert mono[0] != mono[1]
+    # A changed conversion recipe (LiteRT's static ops) is a new artifact, whatever the tool versions.
+    from dataclasses import replace
+
+    graph = split_model(k1)[0]
+    assert artifact_key(graph, replace(onnx, recipe="another"), onnx.make_options()) != keys(k1)[0]
 
 
 def test_accuracy_seeds_summary(tmp_path):

@@ -22,11 +22,11 @@ from .tensor_digest import update_tensors
 
 def artifact_key(graph: Graph, backend: Backend, backend_options: Any, quant: GraphQuant = FP32) -> str:
     """Identifies a converted artifact: the graph's code path (role), tensors and weights, the backend, its
-    options, the quantization (mode and calibration data) and the tool versions."""
+    options, the quantization (mode and calibration data), the tool versions and the backend's recipe."""
     # A module that runs a schedule (the baselines) computes differently for another k: its schedule is part of it.
     schedule = repr(getattr(graph.module, "schedule", None))
     h = hashlib.sha256(json.dumps({"role": graph.role, "schedule": schedule, "io": repr(graph.io()), "backend": backend.name,
-                                   "options": repr(backend_options), "quant": quant.key(), "versions": backend.versions(),
+                                   "options": repr(backend_options), "quant": quant.key(), "versions": backend.versions(), "recipe": backend.recipe,
                                    "vmoe_export": __version__}, sort_keys=True).encode())
     update_tensors(h, sorted(graph.module.state_dict().items()))
     return h.hexdigest()

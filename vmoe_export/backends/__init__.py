@@ -109,6 +109,9 @@ class Backend:
     # Loads the runtime library itself (no model): its fixed cost, which memory measurements leave out.
     start_runtime: Callable[[], None] = lambda: None
     runtime_modules: tuple[str, ...] | None = None  # import names that must be importable to run; None: `modules`
+    # What else decides the bytes this backend writes beyond its options and tool versions (a recipe choice);
+    # artifact caches key on it, so changing it never serves an artifact converted the old way.
+    recipe: str = ""
 
     def versions(self) -> dict[str, str]:
         return {d: package_version(d) for d in ("torch", *self.distributions)}
