@@ -7,8 +7,8 @@ blocks: the bulk of the model's FLOPs) as litert-torch converts it and times, in
 rounds at 1 thread with the ai-edge-litert Interpreter (XNNPACK): fp32, dynamic int8, static int8 on every
 supported op, static int8 restricted to the weight ops (backends/tflite.py's STATIC_OPS, what bundles ship:
 float islands elsewhere, with QUANTIZE / DEQUANTIZE at their edges), and the same plus the attention's
-BATCH_MATMULs. Each is compared with fp32 on 8 random inputs (SNR); static variants calibrate on 16 other
-random inputs.
+BATCH_MATMULs, each through backends/tflite.py's own quantize. Each is compared with fp32 on 8 random inputs
+(SNR); static variants calibrate on 16 other random inputs.
 
     python benchmarks/litert_static_int8_ops.py [--out benchmarks/results] [--rounds 9]
 
@@ -32,43 +32,25 @@ CONFIG = "vit-12x192-moe"
 def export_trunk(work: Path):
     """The config's trunk graph as fp32 .tflite, and the config."""
     from vmoe_export.backends.tflite import export as tflite_export
-    from vmoe_export.checkpoint import random_checkpoint
-    from vmoe_export.model import load_config
+    from vmoe_export.bench.variants import paper_trunk
     from vmoe_export.quantize import FP32
-    from vmoe_export.split import split_model
 
-    cfg = load_config(CONFIG)
-    trunk = next(g for g in split_model(random_checkpoint(cfg, seed=0).build_model().eval()) if g.name == "trunk")
+    trunk, cfg = paper_trunk(CONFIG)
     path = work / "trunk_fp32.tflite"
     tflite_export(trunk, path, None, FP32)
     return path, cfg
 
 
-def quantize(fp32: Path, out: Path, ops: tuple[str, ...] | None, calibration: list[np.ndarray]) -> Path:
-    """Static W8A8 on `ops` (None: every supported op, as backends/tflite.py did), float I/O kept."""
-    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+def quantized(fp32: Path, out: Path, mode: str, calibration: list[np.ndarray] = (),
+              static_ops: tuple[str, ...] | None = None) -> Path:
+    """`fp32` quantized by backends/tflite.py's own quantize (static_ops None: the ops bundles ship)."""
+    import torch
 
-    from vmoe_export.backends.tflite import SIGNATURE, _input_names
+    from vmoe_export.backends.tflite import quantize
+    from vmoe_export.quantize import GraphQuant
 
-    rm = recipe_manager.RecipeManager()
-    for op in ops or ("ALL_SUPPORTED",):
-        rm.add_static_config(".*", getattr(qtyping.TFLOperationName, op), activation_num_bits=8, weight_num_bits=8)
-    for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-        rm.add_quantization_config(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
-    q = quantizer.Quantizer(str(fp32))
-    q.load_quantization_recipe(rm.get_quantization_recipe())
-    (name,) = _input_names(fp32)
-    out.write_bytes(q.quantize(q.calibrate({SIGNATURE: [{name: x} for x in calibration]})).quantized_model)
-    return out
-
-
-def dynamic(fp32: Path, out: Path) -> Path:
-    from ai_edge_quantizer import quantizer, recipe
-
-    q = quantizer.Quantizer(str(fp32))
-    q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-    out.write_bytes(q.quantize().quantized_model)
+    samples = tuple((torch.from_numpy(x),) for x in calibration)
+    out.write_bytes(quantize(fp32, GraphQuant(mode, samples), static_ops))
     return out
 
 
@@ -120,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             fp32, cfg = export_trunk(work)
             shape = (1, cfg.in_chans, cfg.image_size, cfg.image_size)
             _, calibration = random_inputs(shape, seed=1, probes=16)  # apart from the timed and SNR inputs
+            static = lambda name, ops=None: quantized(fp32, work / name, "static-int8", calibration, ops)  # noqa: E731
             paths = {"fp32": fp32,
-                     "dynamic int8": dynamic(fp32, work / "dynamic.tflite"),
-                     "static int8, every supported op": quantize(fp32, work / "static_all.tflite", None, calibration),
-                     "static int8, FULLY_CONNECTED + CONV_2D only": quantize(fp32, work / "static_weights.tflite",
-                                                                            STATIC_OPS, calibration),
-                     "static int8, the weight ops + BATCH_MATMUL": quantize(fp32, work / "static_bmm.tflite",
-                                                                           (*STATIC_OPS, "BATCH_MATMUL"), calibration)}
+                     "dynamic int8": quantized(fp32, work / "dynamic.tflite", "dynamic-int8"),
+                     "static int8, every supported op": static("static_all.tflite", ("ALL_SUPPORTED",)),
+                     "static int8, FULLY_CONNECTED + CONV_2D only": static("static_weights.tflite"),
+                     "static int8, the weight ops + BATCH_MATMUL": static("static_bmm.tflite",
+                                                                         (*STATIC_OPS, "BATCH_MATMUL"))}
             variants = compare_variants(runners(paths), *random_inputs(shape), args.rounds)
             for label, path in paths.items():
                 variants[label].update(ops=op_counts(path), bytes=path.stat().st_size)

@@ -21,7 +21,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "vit-12x192-moe"
 
@@ -30,13 +29,10 @@ def export_trunk(work: Path) -> tuple[Path, Path, object]:
     """(as torch.onnx writes it, as the bundle ships it, the model config) for the config's trunk graph."""
     from vmoe_export.backends.onnx import OnnxOptions
     from vmoe_export.backends.onnx import export as onnx_export
-    from vmoe_export.checkpoint import random_checkpoint
-    from vmoe_export.model import load_config
+    from vmoe_export.bench.variants import paper_trunk
     from vmoe_export.quantize import FP32
-    from vmoe_export.split import split_model
 
-    cfg = load_config(CONFIG)
-    trunk = next(g for g in split_model(random_checkpoint(cfg, seed=0).build_model().eval()) if g.name == "trunk")
+    trunk, cfg = paper_trunk(CONFIG)
     raw, shipped = work / "trunk_raw.onnx", work / "trunk_shipped.onnx"
     onnx_export(trunk, raw, OnnxOptions(optimize_offline=False), FP32)
     onnx_export(trunk, shipped, OnnxOptions(optimize_offline=True), FP32)

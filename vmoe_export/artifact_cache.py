@@ -26,8 +26,8 @@ def artifact_key(graph: Graph, backend: Backend, backend_options: Any, quant: Gr
     # A module that runs a schedule (the baselines) computes differently for another k: its schedule is part of it.
     schedule = repr(getattr(graph.module, "schedule", None))
     h = hashlib.sha256(json.dumps({"role": graph.role, "schedule": schedule, "io": repr(graph.io()), "backend": backend.name,
-                                   "options": repr(backend_options), "quant": quant.key(), "versions": backend.versions(), "recipe": backend.recipe,
-                                   "vmoe_export": __version__}, sort_keys=True).encode())
+                                   "options": repr(backend_options), "quant": quant.key(), "versions": backend.versions(),
+                                   "recipe": backend.recipe, "vmoe_export": __version__}, sort_keys=True).encode())
     update_tensors(h, sorted(graph.module.state_dict().items()))
     return h.hexdigest()
 

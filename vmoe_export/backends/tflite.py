@@ -38,10 +38,12 @@ def export(graph: Graph, path: Path, options: NoOptions, quant: GraphQuant) -> N
         model = litert_torch.convert(graph.module.eval(), tuple(graph.inputs.values()))
         model.export(str(path))
         if quant.mode != "none":
-            path.write_bytes(_quantize(path, quant))
+            path.write_bytes(quantize(path, quant))
 
 
-def _quantize(fp32: Path, quant: GraphQuant) -> bytes:
+def quantize(fp32: Path, quant: GraphQuant, static_ops: tuple[str, ...] | None = None) -> bytes:
+    """The quantized model for `quant.mode`; static-int8 calibrates on `quant.samples` and quantizes `static_ops`
+    (ai-edge-quantizer's op names; default STATIC_OPS, "ALL_SUPPORTED" for the stock recipe's every op)."""
     from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -53,7 +55,7 @@ def _quantize(fp32: Path, quant: GraphQuant) -> bytes:
         q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
         return q.quantize().quantized_model
     rm = recipe_manager.RecipeManager()
-    for op in STATIC_OPS:
+    for op in static_ops or STATIC_OPS:
         rm.add_static_config(".*", getattr(qtyping.TFLOperationName, op), activation_num_bits=8, weight_num_bits=8)
     for io_op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
         rm.add_quantization_config(".*", io_op, algorithm_key=AlgorithmName.NO_QUANTIZE)
@@ -112,6 +114,7 @@ BACKEND = Backend("tflite", ".tflite", distributions=("litert-torch", "ai-edge-l
                   quantization=("none", "dynamic-int8", "static-int8", "weight-int8"), start_runtime=start_runtime,
                   # ai-edge-quantizer's static recipe takes plain min/max ranges: on the toy's 2,000-image ablation
                   # (with the former every-op recipe), experts calibrated on their routed images alone (38-85 of
-                  # 256) scored 27.0 dB mean expert SNR, on every image 31.1 dB, with equal accuracy and routing. (XNNPACK's histogram observers and
-                  # ONNX Runtime do better with routed calibration: 33.3 vs 30.3 dB and 32.8 vs 28.9 dB.)
+                  # 256) scored 27.0 dB mean expert SNR, on every image 31.1 dB, with equal accuracy and routing.
+                  # (XNNPACK's histogram observers and ONNX Runtime do better with routed calibration: 33.3 vs
+                  # 30.3 dB and 32.8 vs 28.9 dB.)
                   calibration="all", recipe="static ops: " + ",".join(STATIC_OPS))

@@ -38,6 +38,18 @@ def compare_variants(runs: dict[str, Callable[[np.ndarray], object]], x: np.ndar
     return out
 
 
+def paper_trunk(config: str = "vit-12x192-moe"):
+    """(the trunk graph of `config` with seeded random weights, the config): the bulk of the model's FLOPs, on
+    which the conversion choices are measured. Latency does not depend on trained weights."""
+    from ..checkpoint import random_checkpoint
+    from ..model import load_config
+    from ..split import split_model
+
+    cfg = load_config(config)
+    trunk = next(g for g in split_model(random_checkpoint(cfg, seed=0).build_model().eval()) if g.name == "trunk")
+    return trunk, cfg
+
+
 def script_args(doc: str, argv: list[str] | None, default_out: Path) -> argparse.Namespace:
     """--out and --rounds, the options every variant-comparison script takes."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
