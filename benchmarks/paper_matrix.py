@@ -240,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=None, help=f"config names or JSON paths (default {' '.join(VARIANTS)})")
     p.add_argument("--targets", nargs="+", default=None, help="runtime backends to measure (default: all)")
     p.add_argument("--work", type=Path, default=None, help="keep bundles and the artifact cache here (default: a temp dir)")
+    p.add_argument("--top-k", type=int, nargs="+", default=None, help="k values (default 1 2; --quick: 1)")
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default 1 2; --quick: 1)")
     args = p.parse_args(argv)
     variants = args.variants or (["vit-6x64-moe"] if args.quick else VARIANTS)
     ks, threads = ([1], [1]) if args.quick else ([1, 2], [1, 2])
+    ks, threads = args.top_k or ks, args.threads or threads
     settings = BenchSettings(warmup=3, runs=20, quick=True, rounds=4) if args.quick else BenchSettings(warmup=10, runs=100)
     with tempfile.TemporaryDirectory(prefix="vmoe-matrix-") as tmp:
         work = args.work or Path(tmp)

@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from . import shared_weights
 from .manifest import check as check_manifest, parse as parse_manifest
 from .manifest import GOLDEN  # noqa: F401 (re-exported)
 from .backends import REGISTRY, describe
@@ -113,7 +114,7 @@ def read_manifest(bundle_dir: Path, expect_digest: str | None = None, require_pa
     backend = describe(target)
     m = parse_manifest(manifest)
     check_manifest(m, backend.suffix, backend.runtime_unavailable(), require_parity)
-    for entry in manifest["graphs"].values():
+    for entry in [*manifest["graphs"].values(), manifest.get("shared_weights") or {"path": MANIFEST}]:
         safe_join(bundle_dir, entry["path"])
     return manifest
 
@@ -173,5 +174,14 @@ def graph_sizes(manifest: dict) -> dict[str, int]:
 
 
 def bundle_bytes(manifest: dict) -> int:
-    """Every artifact of the bundle together (what a device stores)."""
-    return sum(graph_sizes(manifest).values())
+    """Every artifact of the bundle together, and its shared-weights file (what a device stores)."""
+    return sum(graph_sizes(manifest).values()) + shared_weights_bytes(manifest)
+
+
+def shared_weights_bytes(manifest: dict) -> int:
+    return (manifest.get("shared_weights") or {}).get("size_bytes", 0)
+
+
+def read_shared_weights(bundle_dir: Path, manifest: dict) -> dict:
+    """The bundle's verified shared tensors by name ({} when it stores none): read and hashed once."""
+    return shared_weights.read(bundle_dir, manifest, safe_join)

@@ -22,11 +22,13 @@ from typing import Any, Mapping
 import torch
 from tqdm import tqdm
 
+from . import shared_weights
 from .interrupt import check as check_interrupt
 from .artifact_cache import convert
 from .bundle import DIGEST, GOLDEN, MANIFEST, manifest_digest, sha256_of, size_of
 from .checkpoint import Checkpoint, atomic_write_bytes
 from .data import preprocess
+from .errors import VmoeError
 from .flops import count_flops
 from .golden import build_golden
 from .machine import cpu_info
@@ -95,17 +97,17 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
     tmp = new_partial(out_dir, target)
     try:
         t0 = time.time()
-        entries = {}
+        shares = shared_weights.applies(schedule, tp.backend)
+        rels = {g.name: artifact_relpath(g.spec, tp.backend.suffix, shares) for g in graphs}
         for g in tqdm(graphs, desc=f"export {target}", disable=not options.progress or None, leave=False):
             check_interrupt()
-            rel = artifact_relpath(g.spec, tp.backend.suffix)
-            path = tmp / rel
+            path = tmp / rels[g.name]
             path.parent.mkdir(parents=True, exist_ok=True)
-            quant = plan[g.name]
-            convert(g, tp.backend, tp.options, path, options.artifact_cache, quant)
-            entries[g.name] = graph_entry(g, rel, path, quant)
+            convert(g, tp.backend, tp.options, path, options.artifact_cache, plan[g.name])
+        shared = _share_weights(tp.backend, schedule, tmp, rels)
+        entries = {g.name: graph_entry(g, rels[g.name], tmp / rels[g.name], plan[g.name]) for g in graphs}
         manifest = build_manifest(ckpt, target, schedule, entries, tp.backend, tp.options, options.quant,
-                                  options.eval_data, n_calibration, schedule_reason)
+                                  options.eval_data, n_calibration, schedule_reason, shared)
         manifest["export_seconds"] = round(time.time() - t0, 2)
         write_json(tmp / MANIFEST, manifest)
 
@@ -133,6 +135,18 @@ def export_bundle(ckpt: Checkpoint, target: str, out_dir: Path, test_images: tor
         return final, report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _share_weights(backend, schedule: Schedule, bundle_dir: Path, rels: dict[str, str]) -> dict | None:
+    """A fused bundle on a backend that can: the weights all expert paths hold alike, stored once
+    (shared_weights.py); returns the manifest's shared_weights block, or None."""
+    if not shared_weights.applies(schedule, backend):
+        return None
+    paths = [g for e in range(schedule.num_experts) for g in schedule.expert_graphs(e)]
+    table = backend.share_weights({g: bundle_dir / rels[g] for g in paths}, bundle_dir / shared_weights.FILE)
+    if not table:  # every path holds the MoE attention: nothing in common means the split is broken
+        raise VmoeError(f"{backend.name}: the expert paths share no weights; this is a bug in vmoe-export")
+    return shared_weights.block(bundle_dir, paths, table, sha256_of, size_of)
 
 
 def graph_entry(g: Graph, rel: str, path: Path, quant: GraphQuant) -> dict:

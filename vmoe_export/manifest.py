@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from . import shared_weights
 from .errors import BundleError, ConfigError
 from .config import LIMITS, POLARITIES, ModelConfig
 from .precision import MODES, ROUTER_PRECISION, graph_mode, router_apart
@@ -105,6 +106,22 @@ class ScheduleBlock(_Strict):
     steps: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_GRAPHS)]
 
 
+class SharedTensor(_Strict):
+    offset: Annotated[int, Field(ge=0, le=2**40)]
+    dtype: Literal[shared_weights.DTYPES]  # type: ignore[valid-type]
+    shape: Annotated[list[Annotated[int, Field(ge=1, le=2**31)]], Field(max_length=8)]
+
+
+class SharedWeights(_Strict):
+    """Weights every expert path holds alike, stored once (shared_weights.py)."""
+
+    path: Literal[shared_weights.FILE]
+    sha256: Sha256
+    size_bytes: Annotated[int, Field(ge=1, le=2**40)]
+    graphs: Annotated[list[Name], Field(min_length=2, max_length=MAX_GRAPHS)]
+    tensors: Annotated[dict[Name, SharedTensor], Field(min_length=1, max_length=1 << 16)]
+
+
 class EvalData(_Strict):
     kind: Literal["fashion-mnist", "imagefolder", "synthetic", "unspecified"]
     description: Annotated[str, StringConstraints(max_length=MAX_NAME)]
@@ -145,6 +162,7 @@ class Manifest(_Strict):
     experts: Annotated[list[ExpertEntry], Field(max_length=256)]
     schedule: ScheduleBlock
     graphs: Annotated[dict[Name, GraphEntry], Field(max_length=MAX_GRAPHS)]
+    shared_weights: SharedWeights | None = None  # fused bundles on backends that store common weights once
     golden: Annotated[str, StringConstraints(max_length=1024)] | None
     golden_sha256: Sha256 | None = None  # required with golden (checked below); written before parity ends
     export_seconds: Annotated[float, Field(ge=0)]
@@ -218,7 +236,7 @@ def check(m: Manifest, suffix: str, runtime_unavailable: str | None, require_par
                             f"manifest lists graphs the schedule never runs: {', '.join(sorted(extra))}")
     for spec in specs:
         entry = m.graphs[spec.name]
-        path = artifact_relpath(spec, suffix)
+        path = artifact_relpath(spec, suffix, m.shared_weights is not None)
         if entry.path != path:
             raise ManifestError(f"graph {spec.name}: path {entry.path!r} should be {path!r} for a {m.target} bundle "
                                 "(each graph has one place; was the manifest edited or the bundle built for another target?)")
@@ -249,6 +267,7 @@ def check(m: Manifest, suffix: str, runtime_unavailable: str | None, require_par
     if (m.model.params_total, m.model.params_active) != (schedule.total(params), schedule.active(params)):
         raise ManifestError("manifest params_total/params_active do not add up from the graphs")
     _check_quantization(m)
+    _check_shared_weights(m, schedule)
     if m.golden not in (None, GOLDEN):
         raise ManifestError(f"manifest golden {m.golden!r} should be {GOLDEN!r} or null")
     if require_parity and (m.golden is None or m.golden_sha256 is None):
@@ -273,6 +292,19 @@ def _check_quantization(m: Manifest) -> None:
                                 "the manifest was edited; re-export the bundle")
         if g.quantization is not None and (g.quantization.calibration is not None) != (want == "static-int8"):
             raise ManifestError(f"graph {name}: calibration record does not match its mode {want!r}")
+
+
+def _check_shared_weights(m: Manifest, schedule: Schedule) -> None:
+    """Only a fused bundle shares weights, among all its expert paths, inside its file."""
+    s = m.shared_weights
+    if s is None:
+        return
+    paths = [g for e in range(schedule.num_experts) for g in schedule.expert_graphs(e)]
+    if schedule.kind != "fused" or s.graphs != paths:
+        raise ManifestError(f"manifest shared_weights names graphs {s.graphs} but only the expert paths of a fused "
+                            f"bundle ({paths if schedule.kind == 'fused' else 'none here'}) share weights: "
+                            "the manifest was edited; re-export the bundle")
+    shared_weights.check_table({n: t.model_dump() for n, t in s.tensors.items()}, s.size_bytes)
 
 
 def _check_parity(m: Manifest, runtime_unavailable: str | None) -> None:

@@ -26,9 +26,10 @@ def quantization_block(options: QuantOptions, calibration_images: int) -> dict:
 
 def build_manifest(ckpt, target: str, schedule: Schedule, entries: dict, backend, backend_options: Any,
                    quant: QuantOptions, eval_data: Mapping[str, str], calibration_images: int = 0,
-                   schedule_reason: str | None = None) -> dict:
-    """The manifest of `ckpt` exported to `target` with graph `entries` (export.graph_entry); golden and
-    parity are filled in after parity runs."""
+                   schedule_reason: str | None = None, shared_weights: dict | None = None) -> dict:
+    """The manifest of `ckpt` exported to `target` with graph `entries` (export.graph_entry) and, where the
+    expert paths store their common weights once, its shared_weights block; golden and parity are filled in
+    after parity runs."""
     cfg = ckpt.config
     groups = superclass_names(list(ckpt.class_names), ckpt.superclass_of, cfg.num_experts)
     params = {name: e["params"] for name, e in entries.items()}
@@ -57,6 +58,7 @@ def build_manifest(ckpt, target: str, schedule: Schedule, entries: dict, backend
         ],
         "schedule": {"kind": schedule.kind, "reason": schedule_reason, "batch_size": 1, "steps": schedule.to_json()},
         "graphs": entries,
+        **({"shared_weights": shared_weights} if shared_weights else {}),
         "golden": None,  # written after parity, with golden_sha256
         "golden_sha256": None,
         "eval_data": dict(eval_data),

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import ArtifactRecord, RunOptions, get_runtime
 from .native_output import quiet
-from .bundle import BundleError, artifact_path, graph_sizes, manifest_schedule, read_manifest
+from .bundle import BundleError, artifact_path, graph_sizes, manifest_schedule, read_manifest, read_shared_weights
 from .graphio import GraphIO
 from .machine import describe
 from .preprocess import preprocess_image as _preprocess_image
@@ -151,6 +151,9 @@ class BundleRuntime:
         if self._verified is not None:
             for g in specs:
                 artifact_path(self.dir, self.manifest, g.name, self._verified)
+        # Weights every expert path holds alike, stored once: verified here, once, and lent to each path it loads.
+        self._shared = read_shared_weights(self.dir, self.manifest)
+        self._shared_by = set((self.manifest.get("shared_weights") or {}).get("graphs", []))
         self._expert_of = {g.name: g.expert for g in specs if g.role == "expert"}
         self._sizes = graph_sizes(self.manifest)
         t0 = time.perf_counter()
@@ -181,7 +184,8 @@ class BundleRuntime:
         """One graph's runner from its artifact at `path`, which bundle.artifact_path has verified."""
         with quiet(f"{self.backend.name} loading {name}"):
             return self.backend.load(path, GraphIO.from_manifest(self.manifest["graphs"][name]), self.run_options,
-                                     ArtifactRecord.from_manifest(self.manifest, name))
+                                     ArtifactRecord.from_manifest(self.manifest, name,
+                                                                  self._shared if name in self._shared_by else None))
 
     def run_graph(self, name: str, *inputs: np.ndarray) -> list[np.ndarray]:
         """One graph of the bundle on numpy inputs (an expert's graphs are loaded through the cache)."""

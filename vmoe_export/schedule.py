@@ -21,9 +21,9 @@ graphs per image: the trunk with the router as a second output, the routed exper
 precision than the trunk (an int8 bundle keeps its router fp32: a quantized router can flip which
 experts run), it stays a graph of its own: four calls. With one expert per image the
 per-layer mix is a single term, so the fused path computes the same thing with 2L fewer graph calls;
-the price is the MoE layers' attention stored once per expert instead of once (the head, 1000
-classes x D weights on ImageNet, stays shared: a copy per expert would add more load time than the
-one call it saves).
+the price is the MoE layers' attention held by every expert path, stored once per expert unless the
+backend stores what the paths hold alike once (shared_weights.py; ONNX does). The head, 1000 classes x D
+weights on ImageNet, stays shared: a copy per expert would add more load time than the one call it saves.
 
 This module imports nothing from the package but its error type: it is the lowest room.
 """
@@ -71,9 +71,13 @@ def layer_output(layer: int) -> str:
     return f"moe{layer}_out"
 
 
-def artifact_relpath(spec: "GraphSpec", suffix: str) -> str:
-    """Where a graph's artifact lives inside a bundle: an expert's graphs share one folder."""
+def artifact_relpath(spec: "GraphSpec", suffix: str, shared_weights: bool = False) -> str:
+    """Where a graph's artifact lives inside a bundle: an expert's graphs share one folder. Expert paths that
+    read their common weights from one shared file (shared_weights.py) lie beside it instead, in experts/: a
+    runtime may refuse a model's external data outside the model's own folder (ONNX Runtime does)."""
     if spec.role == "expert":
+        if spec.layer is None and shared_weights:
+            return f"experts/e{spec.expert}{suffix}"
         part = "path" if spec.layer is None else f"moe{spec.layer}"
         return f"experts/e{spec.expert}/{part}{suffix}"
     return f"shared/{spec.name}{suffix}"

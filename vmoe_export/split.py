@@ -10,8 +10,8 @@ split, export, parity and the runtime need no change.
 Two schedules (vmoe_export.schedule): per-layer expert graphs are exact for every k (for
 k >= 2 the gate-weighted mix happens inside every MoE layer, so layer l+1 needs the mixed
 output of layer l) and keep the shared attention stored once; the fused schedule, exact only
-for k=1, gives each expert one graph through every MoE layer, 2L graph calls fewer per image
-at the price of the MoE attention stored per expert. Either way an
+for k=1, gives each expert one graph through every MoE layer, 2L graph calls fewer per image;
+each path holds the MoE attention (stored once where the backend shares weights: shared_weights.py). Either way an
 expert is loaded as a unit (schedule.expert_graphs(e)); the benchmarks measure both.
 """
 

@@ -15,7 +15,13 @@ runtime (`runtime_modules`), so a bundle runs where neither torch nor a converte
 it in (one the backend declares) and, for static-int8, its calibration inputs.
 
 `load(path, io, run, record)` receives the artifact's ArtifactRecord: what the bundle's manifest says about
-how it was made (the export options, the graph's quantization), for a backend whose loading depends on it.
+how it was made (the export options, the graph's quantization), for a backend whose loading depends on it,
+and the verified tensors it reads from the bundle's shared-weights file (below).
+
+`share_weights(artifacts, data_path)`, where a backend has it, rewrites the expert paths of a fused bundle so
+that every weight they all hold byte for byte (both MoE layers' attention) is stored once, in `data_path`, and
+returns the table of those tensors for the manifest (shared_weights.py). Its `load` then takes them from
+`record.external`: the runtime reads and hashes that file once, so an expert switch reads only its own MLP.
 A runner takes the graph's inputs as float32 numpy arrays in manifest order and returns its
 outputs in manifest order, so the runtime never sees backend-specific tensor names.
 """
@@ -75,11 +81,14 @@ class ArtifactRecord:
 
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     quantization: str = "none"
+    # Tensors the artifact stores outside itself (shared_weights.py), by name, as verified arrays: {} for most.
+    external: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, manifest: dict, graph: str) -> "ArtifactRecord":
+    def from_manifest(cls, manifest: dict, graph: str, external: Mapping[str, np.ndarray] | None = None
+                      ) -> "ArtifactRecord":
         q = manifest["graphs"][graph].get("quantization") or {}
-        return cls(dict(manifest.get("backend_options") or {}), q.get("mode", "none"))
+        return cls(dict(manifest.get("backend_options") or {}), q.get("mode", "none"), dict(external or {}))
 
     @classmethod
     def of_export(cls, options: Any) -> "ArtifactRecord":
@@ -112,6 +121,8 @@ class Backend:
     # What else decides the bytes this backend writes beyond its options and tool versions (a recipe choice);
     # artifact caches key on it, so changing it never serves an artifact converted the old way.
     recipe: str = ""
+    # (expert path artifacts by graph, shared data file) -> tensor table: stores their common weights once.
+    share_weights: Callable[[Mapping[str, Path], Path], dict[str, dict]] | None = None
 
     def versions(self) -> dict[str, str]:
         return {d: package_version(d) for d in ("torch", *self.distributions)}
