@@ -43,10 +43,13 @@ def _imports(path):
             else:
                 target = node.module or ""
             if target.startswith("vmoe_export"):
-                # `from . import x` may name a submodule x.
+                # `from . import x` may name a submodule x; it depends on the
+                # package's own code only when some name is not a submodule.
                 names = [f"{target}.{a.name}" for a in node.names]
-                out.add(target)
-                out.update(n for n in names if (REPO / (n.replace(".", "/") + ".py")).exists())
+                submodules = {n for n in names if (REPO / (n.replace(".", "/") + ".py")).exists()}
+                out.update(submodules)
+                if len(submodules) < len(names):
+                    out.add(target)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("vmoe_export"))
     out.discard(me)
