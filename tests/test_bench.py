@@ -325,3 +325,39 @@ def test_accuracy_seeds_summary(tmp_path):
                                           "scratch": run(3, "scratch", 0.8, 0.8, moe_epochs=5)}})
     with pytest.raises(SystemExit, match="different dense twins"):
         seeds.summarize({4: {"upcycled": run(4, "upcycled", 0.8, 0.8, 0.8), "scratch": run(4, "scratch", 0.7, 0.8)}})
+
+
+def test_runtimes_are_timed_with_torchs_own_pool_at_one_thread(tiny_run, monkeypatch):
+    """PyTorch's intra-op pool left at the bench's thread count competes with the runtime's threads (ExecuTorch's
+    split paid 1.21x its dense twin at 2 threads so; benchmarks/results/executorch_threads.md): the eager rows
+    run at --threads, the runtimes with that pool at 1, and the caller's setting comes back."""
+    from vmoe_export.bench import run as bench_run
+    from vmoe_export.bench.measure import BenchSettings
+
+    ckpt, bundle, images = tiny_run
+    model = ckpt.build_model()
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def eager(*args):
+        seen["eager"] = torch.get_num_threads()
+        return {}
+
+    def baseline(*args):
+        seen["runtime"] = torch.get_num_threads()
+        raise Stop
+
+    monkeypatch.setattr(bench_run, "bench_eager", eager)
+    monkeypatch.setattr(bench_run, "load_single_graph", baseline)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with pytest.raises(Stop):
+            bench_run.run_benchmarks({"onnx": bundle}, model, MobileVMoE(model.cfg.dense_twin()),
+                                     BenchSettings(warmup=1, runs=2, quick=True, threads=2), images, progress=False)
+        assert seen == {"eager": 2, "runtime": 1}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

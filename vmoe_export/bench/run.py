@@ -53,7 +53,16 @@ def check_bundles_match(bundles: dict[str, Path], model: MobileVMoE, source: str
 def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMoE, s: BenchSettings,
                    images_u8: torch.Tensor, progress: bool = True, artifact_cache: Path | None = None) -> dict:
     """One benchmark run. artifact_cache reuses converted baseline graphs across runs (see export.convert)."""
-    torch.set_num_threads(s.threads)
+    caller_threads = torch.get_num_threads()
+    try:
+        return _run_benchmarks(bundles, model, dense, s, images_u8, progress, artifact_cache)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+def _run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMoE, s: BenchSettings,
+                    images_u8: torch.Tensor, progress: bool, artifact_cache: Path | None) -> dict:
+    torch.set_num_threads(s.threads)  # for the eager rows only
     model, dense = model.eval(), dense.eval()
     x = preprocess(images_u8, model.cfg)
     any_manifest = read_manifest(next(iter(bundles.values())))
@@ -65,6 +74,11 @@ def run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVMo
         "flops": flop_report(any_manifest, model, dense),
         "eager": bench_eager(model, dense, x[:1], s), "backends": {},
     }
+    # From here PyTorch only hands tensors to the runtimes. Its intra-op pool left at s.threads competes with
+    # the runtime's own threads (ExecuTorch's split paid 1.21x its dense twin at 2 threads that way, 1.02x
+    # without: benchmarks/results/executorch_threads.md), and no phone runs it beside the runtime.
+    torch.set_num_threads(1)
+    report["machine"]["torch_threads_while_runtimes_run"] = 1
     np_images = [x[i : i + 1].numpy() for i in range(len(x))]
     with tempfile.TemporaryDirectory() as tmp:
         for target in tqdm(list(bundles), desc="benchmark backends", disable=not progress or None):
