@@ -39,7 +39,7 @@ CONFIG = "vit-12x192-moe"
 SPLIT = ("trunk", "e0_path", "head")
 
 
-def export_graphs(work: Path) -> dict[str, tuple[Path, list[np.ndarray]]]:
+def export_graphs(work: Path) -> dict[str, tuple[Path, list[np.ndarray], object]]:
     """name -> (its .pte, example inputs, its GraphIO) for the split's three graphs and the dense twin."""
     from vmoe_export.backends import get_backend
     from vmoe_export.bench.baselines import dense_graph

@@ -78,7 +78,7 @@ def _run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVM
     # the runtime's own threads (ExecuTorch's split paid 1.21x its dense twin at 2 threads that way, 1.02x
     # without: benchmarks/results/executorch_threads.md), and no phone runs it beside the runtime.
     torch.set_num_threads(1)
-    report["machine"]["torch_threads_while_runtimes_run"] = 1
+    report["machine"]["torch_threads_while_runtimes_run"] = torch.get_num_threads()
     np_images = [x[i : i + 1].numpy() for i in range(len(x))]
     with tempfile.TemporaryDirectory() as tmp:
         for target in tqdm(list(bundles), desc="benchmark backends", disable=not progress or None):
