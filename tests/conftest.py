@@ -19,6 +19,25 @@ needs_fmnist = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_weight_cache(tmp_path_factory):
+    """The suite's runtimes (and the CLIs it runs) keep packed weights in a directory of the session's own,
+    never in the user's ~/.cache."""
+    import os
+
+    from vmoe_export.weight_cache import ENV_DIR
+
+    path = tmp_path_factory.mktemp("weight-cache")
+    path.chmod(0o700)
+    saved = os.environ.get(ENV_DIR)
+    os.environ[ENV_DIR] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop(ENV_DIR, None)
+    else:
+        os.environ[ENV_DIR] = saved
+
+
 def tiny_config(**overrides) -> ModelConfig:
     base = dict(name="test-tiny", image_size=8, in_chans=1, patch_size=4, num_classes=6, embed_dim=16, depth=3,
                 num_heads=2, mlp_ratio=2.0, num_experts=3, moe_layers=2, top_k=1, mean=(0.5,), std=(0.25,))

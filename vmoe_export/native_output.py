@@ -66,3 +66,25 @@ def _restore(saved: tuple[int, int]) -> None:
     _flush()
     os.dup2(saved[0], 1)
     os.dup2(saved[1], 2)
+
+
+_silenced_at_exit = False
+
+
+def quiet_at_exit() -> None:
+    """Point fds 1 and 2 at /dev/null once Python starts shutting down, for a runtime whose native objects say
+    goodbye when they are destroyed (LiteRT's environment: "DestroyAccelerator ..."), which is after the last call
+    `quiet` can wrap. The project prints nothing then, and an uncaught exception's traceback is already written."""
+    global _silenced_at_exit
+    if _silenced_at_exit or verbose():
+        return
+    _silenced_at_exit = True
+    import atexit
+
+    def silence() -> None:
+        _flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+
+    atexit.register(silence)

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import ConfigError, VmoeError
 from ..graphio import GraphIO
+from ..weight_cache import default_dir as default_weight_cache_dir
 
 if TYPE_CHECKING:  # the build side: a runtime-only install (no torch) never calls export
     from ..quantize import GraphQuant
@@ -60,9 +61,12 @@ class BackendUnavailable(VmoeError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a runtime runs the graphs it loads. threads=0: the runtime's own default."""
+    """How a runtime runs the graphs it loads. threads=0: the runtime's own default. weight_cache_dir: where a
+    runtime that repacks weights for the CPU keeps them on disk (weight_cache.py; default from the environment,
+    None: packed on the heap)."""
 
     threads: int = 0
+    weight_cache_dir: Path | None = field(default_factory=default_weight_cache_dir)
 
     def __post_init__(self) -> None:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= MAX_THREADS:
@@ -83,12 +87,14 @@ class ArtifactRecord:
     quantization: str = "none"
     # Tensors the artifact stores outside itself (shared_weights.py), by name, as verified arrays: {} for most.
     external: Mapping[str, np.ndarray] = field(default_factory=dict)
+    sha256: str = ""  # the artifact's verified content hash ("" when it is not from a bundle), keys weight caches
 
     @classmethod
     def from_manifest(cls, manifest: dict, graph: str, external: Mapping[str, np.ndarray] | None = None
                       ) -> "ArtifactRecord":
         q = manifest["graphs"][graph].get("quantization") or {}
-        return cls(dict(manifest.get("backend_options") or {}), q.get("mode", "none"), dict(external or {}))
+        return cls(dict(manifest.get("backend_options") or {}), q.get("mode", "none"), dict(external or {}),
+                   manifest["graphs"][graph]["sha256"])
 
     @classmethod
     def of_export(cls, options: Any) -> "ArtifactRecord":

@@ -1,4 +1,4 @@
-"""TFLite (LiteRT) via litert-torch, run with ai-edge-litert's Interpreter signature runner.
+"""TFLite (LiteRT) via litert-torch, run with ai-edge-litert's CompiledModel (XNNPACK, with its weight cache).
 
 Quantization is ai-edge-quantizer on the converted fp32 model, with its own recipes:
 dynamic_wi8_afp32, weight_only_wi8_afp32, and for static-int8 its static W8A8 configuration
@@ -82,23 +82,87 @@ def _signature_names(interpreter) -> tuple[list[str], list[str]]:
 
 
 def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
-    from ai_edge_litert.interpreter import Interpreter
+    """A runner through LiteRT's CompiledModel (the API the Android app uses), with XNNPACK's weight cache where
+    `run.weight_cache_dir` allows: the weights packed once into a file that later loads mmap (weight_cache.py)."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.options import CpuOptions, Options
 
-    interpreter = Interpreter(model_path=str(path), num_threads=run.threads or None)
-    # Applies the XNNPACK delegate now rather than on the first run, so its arena and weight packing count as
-    # load time and its native notice ("Created TensorFlow Lite XNNPACK delegate") falls in the load's quiet().
-    interpreter.allocate_tensors()
-    runner_fn = interpreter.get_signature_runner(SIGNATURE)
-    in_names, out_names = _signature_names(interpreter)
+    from .. import weight_cache
+
+    sha256 = record.sha256 or _sha256(path)
+    cache = weight_cache.entry(run.weight_cache_dir, sha256, f"ai-edge-litert {_version()}", _xnnpack_cache_complete)
+    try:
+        # Creating it applies XNNPACK (packing, or mapping the cache), so that counts as load time and its native
+        # notices fall in the load's quiet().
+        model = CompiledModel.from_file(str(path), environment=_environment(), options=Options(cpu_options=CpuOptions(
+            num_threads=run.threads, xnnpack_weight_cache_path=cache.path)))
+    except BaseException:
+        cache.discard()
+        raise
+    cache.publish()
+    in_names, out_names = _signature_names(model)
     if len(in_names) != len(io.inputs) or len(out_names) != len(io.outputs):
         raise ValueError(f"{path}: signature inputs {in_names} / outputs {out_names} do not match the manifest's "
                          "inputs/outputs")
+    in_details, out_details = model.get_input_tensor_details(SIGNATURE), model.get_output_tensor_details(SIGNATURE)
+    for name, spec in zip(in_names, io.inputs, strict=True):
+        if tuple(in_details[name]["shape"]) != tuple(spec.shape):
+            raise ValueError(f"{path}: input {name} has shape {tuple(in_details[name]['shape'])}, the manifest says "
+                             f"{tuple(spec.shape)}")
+    # One set of buffers per graph, reused by every call: the runtime's own memory, as on a phone.
+    inputs = {n: model.create_input_buffer_by_name(SIGNATURE, n) for n in in_names}
+    outputs = {n: model.create_output_buffer_by_name(SIGNATURE, n) for n in out_names}
+    out_shapes = [tuple(out_details[n]["shape"]) for n in out_names]
 
-    def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = runner_fn(**{name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(in_names, inputs, strict=True)})
-        return [result[name] for name in out_names]
+    def runner(xs: list[np.ndarray]) -> list[np.ndarray]:
+        for name, x in zip(in_names, xs, strict=True):
+            inputs[name].write(np.ascontiguousarray(x, dtype=np.float32))
+        model.run_by_name(SIGNATURE, inputs, outputs)
+        return [outputs[n].read(int(np.prod(shape)), np.float32).reshape(shape)
+                for n, shape in zip(out_names, out_shapes, strict=True)]
 
+    runner.model = model  # keeps the buffers' owner alive with the runner
     return runner
+
+
+_ENVIRONMENT = None
+
+
+def _environment():
+    """One LiteRT environment for every graph this process loads (each model would otherwise make its own)."""
+    global _ENVIRONMENT
+    if _ENVIRONMENT is None:
+        import ai_edge_litert
+        from ai_edge_litert.environment import Environment
+
+        from ..native_output import quiet, quiet_at_exit
+
+        with quiet("LiteRT environment"):  # it reports each accelerator plugin it looks for
+            _ENVIRONMENT = Environment.create(runtime_path=os.path.dirname(ai_edge_litert.__file__))
+        quiet_at_exit()  # it logs each accelerator it destroys, at interpreter exit
+    return _ENVIRONMENT
+
+
+def _xnnpack_cache_complete(path: Path) -> bool:
+    """XNNPACK writes its cache header's version (8 bytes, 0 while building) last, once every buffer is in."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and head != bytes(8)
+
+
+def _version() -> str:
+    from . import package_version
+
+    return package_version("ai-edge-litert")
+
+
+def _sha256(path: Path) -> str:
+    from ..bundle import sha256_of
+
+    return sha256_of(path)
 
 
 def _position(name: str) -> int:
@@ -106,7 +170,7 @@ def _position(name: str) -> int:
 
 
 def start_runtime() -> None:
-    from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    _environment()
 
 BACKEND = Backend("tflite", ".tflite", distributions=("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
                   modules=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), runtime_modules=("ai_edge_litert",),
