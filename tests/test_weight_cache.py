@@ -76,3 +76,12 @@ def test_budget_prunes_least_recently_used(bundle, tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_MAX_MB, "0")  # every older file goes; the one just built stays
     _logits(bundle, cache, _images(BundleRuntime(bundle, self_test=False), 1))
     assert len(list(cache.iterdir())) == 1
+
+
+def test_the_environment_is_read_when_a_runtime_opens_not_at_import(bundle, tmp_path, monkeypatch):
+    from vmoe_export.weight_cache import ENV_DIR
+
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "late"))
+    rt = BundleRuntime(bundle, self_test=False)
+    rt.predict(np.zeros(rt.input_shape, np.float32))
+    assert rt.run_options.weight_cache_dir == tmp_path / "late" and any((tmp_path / "late").iterdir())

@@ -123,7 +123,7 @@ class BundleRuntime:
     """Executes the schedule stored in a bundle's manifest through the backend's runtime."""
 
     def __init__(self, bundle_dir: Path, max_experts: int | None = None, max_bytes: int | None = None,
-                 run: RunOptions = RunOptions(), expect_digest: str | None = None, require_parity: bool = True,
+                 run: RunOptions | None = None, expect_digest: str | None = None, require_parity: bool = True,
                  verify: str = "every-load", self_test: bool = True):
         """verify="every-load" hashes an artifact each time it is loaded; "once" hashes every artifact when the
         bundle opens and afterwards re-hashes only files whose fingerprint changed (bundle.artifact_path), which
@@ -137,7 +137,8 @@ class BundleRuntime:
         self._verified: dict | None = {} if verify == "once" else None
         self.target = self.manifest["target"]
         self.backend = get_runtime(self.target)
-        self.run_options = run
+        # Made here, not as a default argument: RunOptions reads the weight-cache directory from the environment.
+        self.run_options = run if run is not None else RunOptions()
         self.schedule: Schedule = manifest_schedule(self.manifest)
         self.top_k, self.num_experts = self.schedule.top_k, self.schedule.num_experts
         if max_experts is not None and max_experts < self.top_k:
