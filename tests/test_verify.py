@@ -22,8 +22,8 @@ CLI = Path(sys.executable).parent
 # The device side: what runs a bundle. It imports neither torch nor a converter at module level, mirroring the
 # Kotlin and Swift cores; the build side (model, training, split, export, quantization) sits above it.
 DEVICE_SIDE = ("errors", "interrupt", "native_output", "schedule", "config", "precision", "compare", "graphio",
-               "machine", "preprocess", "manifest", "shared_weights", "bundle", "selftest", "runtime", "backends",
-               "backends.onnx", "backends.tflite", "backends.executorch", "backends.coreml")
+               "machine", "preprocess", "manifest", "shared_weights", "weight_cache", "bundle", "selftest", "runtime",
+               "backends", "backends.onnx", "backends.tflite", "backends.executorch", "backends.coreml")
 BUILD_SIDE_PACKAGES = {"torch", "torchao", "onnx", "onnxscript", "executorch", "coremltools", "litert_torch",
                        "ai_edge_quantizer", "tensorflow"}
 
