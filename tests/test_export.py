@@ -69,7 +69,7 @@ def test_select_experts_matches_torch_route():
     logits = np.array([[0.3, 2.0, -1.0, 1.9]], dtype=np.float32)
     experts, gates = select_experts(logits, 2)
     g, e = route(torch.from_numpy(logits), 2)
-    assert experts.tolist() == e[0].tolist()
+    assert experts == e[0].tolist()
     np.testing.assert_allclose(gates, g[0].numpy(), rtol=1e-6)
 
 

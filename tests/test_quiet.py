@@ -19,7 +19,8 @@ BIN = Path(sys.executable).parent
 # The lines a fresh user saw in the main job's output (issue 22), one pattern each.
 CHATTER = [re.compile(p) for p in (r"\[cpuinfo_utils\.cpp:\d+\]", r"Created TensorFlow Lite XNNPACK delegate",
                                    r"absl::InitializeLog\(\)", r"^[IWE]\d{4} [\d:.]+ +\d+ \S+\.cc:\d+\]",
-                                   r"flatbuffer_export", r"oneDNN custom operations")]
+                                   r"flatbuffer_export", r"oneDNN custom operations",
+                                   r"^(INFO|WARNING|ERROR): \[\w+\.cc:\d+\]")]  # LiteRT's own log lines
 
 
 def _chatter(text: str) -> list[str]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -52,7 +52,7 @@ TARGETS = REGISTRY
 
 MAX_THREADS = 256  # bound on --threads for every backend alike (some runtimes crash on absurd counts)
 
-Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
 class BackendUnavailable(VmoeError):

@@ -18,9 +18,9 @@ import contextlib
 import io as _io
 import logging
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -145,7 +145,7 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
     in_names, out_names = io.input_names, io.output_names
 
-    def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def runner(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         result = model.predict(dict(zip(in_names, inputs, strict=True)))
         return [np.asarray(result[name], dtype=np.float32) for name in out_names]
 

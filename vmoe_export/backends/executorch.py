@@ -12,8 +12,8 @@ has no weight-only int8 mode, so weight-int8 is not offered.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,7 +57,7 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     set_threads(run.threads)
     method = Runtime.get().load_program(Path(path)).load_method("forward")
 
-    def runner(inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def runner(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         outputs = method.execute([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
         # The runtime reuses its planned output memory on the next call: copy out.
         return [o.numpy().copy() for o in outputs]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -186,7 +186,7 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     in_names, out_names = io.input_names, io.output_names
 
-    def runner(inputs: list[np.ndarray], _keep=external) -> list[np.ndarray]:
+    def runner(inputs: Sequence[np.ndarray], _keep=external) -> list[np.ndarray]:
         return session.run(out_names, dict(zip(in_names, inputs, strict=True)))
 
     return runner

@@ -35,7 +35,7 @@ class BenchSettings:
 
     @classmethod
     def make(cls, quick: bool, threads: int) -> "BenchSettings":
-        return cls(warmup=5, runs=40, threads=threads, quick=True, rounds=4) if quick else cls(threads=threads)
+        return cls(warmup=10, runs=100, threads=threads, quick=True, rounds=5) if quick else cls(threads=threads)
 
     @property
     def run_options(self) -> RunOptions:
