@@ -105,6 +105,18 @@ def test_verified_once_hashes_each_artifact_once_and_rehashes_what_changed(bundl
         BundleRuntime(bundle, verify="once")
 
 
+def test_verified_once_notices_a_directory_swapped_for_a_link_outside(bundle, tmp_path):
+    """An expert's folder replaced, after the bundle opened, by a link to an identical copy outside it: the
+    bytes still match, but the file is another inode, so the place is checked again and refused."""
+    rt = BundleRuntime(bundle, verify="once", self_test=False)
+    outside = tmp_path / "outside"
+    shutil.copytree(bundle / "experts" / "e1", outside)
+    shutil.rmtree(bundle / "experts" / "e1")
+    (bundle / "experts" / "e1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(VmoeError, match="escapes the bundle"):
+        rt.experts.empty_copy().get(1)
+
+
 def test_pinned_digest(bundle, image, capsys):
     digest = (bundle / "manifest.sha256").read_text().strip()
     assert predict_main(["--bundle", str(bundle), "--expect-digest", digest, str(image)]) == 0

@@ -143,17 +143,24 @@ def fingerprint(path: Path) -> tuple:
 def artifact_path(bundle_dir: Path, manifest: dict, graph: str, verified: dict | None = None) -> Path:
     """The verified path of one graph's artifact: inside the bundle and matching its sha256.
 
-    `verified` (graph -> fingerprint) is the verified-once mode: an artifact whose sha256 was checked
-    earlier in this process and whose fingerprint has not changed since is not hashed again; any change
-    (rewrite, replacement, touch) hashes it again. Without it, every call hashes."""
+    `verified` (graph -> (resolved path, fingerprint)) is the verified-once mode: an artifact whose sha256 and
+    place were checked earlier in this process and whose file has not changed since is not checked again; any
+    change (rewrite, replacement, touch, a directory swapped for a link elsewhere: another inode) checks it
+    all again. An expert switch then costs one stat, not a path resolution and a hash. Without it, every call
+    checks everything."""
+    known = verified.get(graph) if verified is not None else None
+    if known is not None:
+        try:
+            if fingerprint(known[0]) == known[1]:
+                return known[0]
+        except OSError:
+            pass  # gone or unreadable: the full check below says which
     entry = manifest["graphs"].get(graph)
     if entry is None:
         raise BundleError(f"graph {graph!r} is not in the manifest")
     path = safe_join(bundle_dir, entry["path"])
     if not path.exists():
         raise BundleError(f"artifact {entry['path']} listed in the manifest is missing from {bundle_dir}")
-    if verified is not None and verified.get(graph) == fingerprint(path):
-        return path
     if size_of(path) != entry["size_bytes"]:
         raise BundleError(f"artifact {entry['path']} has {size_of(path)} bytes, the manifest says {entry['size_bytes']}: "
                           "the bundle was modified or corrupted; re-export it")
@@ -165,7 +172,7 @@ def artifact_path(bundle_dir: Path, manifest: dict, graph: str, verified: dict |
             "the bundle was modified or corrupted; re-export it"
         )
     if verified is not None and fingerprint(path) == before:  # unchanged while it was hashed
-        verified[graph] = before
+        verified[graph] = (path, before)
     return path
 
 

@@ -29,11 +29,6 @@ from .selftest import SelfTestError, SelfTestReport
 from .selftest import self_test as run_self_test
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
 def select_experts(router_logits: np.ndarray, k: int) -> tuple[list[int], list[np.float32]]:
     """(expert ids, gates) for one image: the k largest router logits, ties to the lower id, gated by their
     softmax probabilities in float64 (model.route's rule, on the same float32 logits; the app cores' too).
