@@ -363,3 +363,28 @@ def test_runtimes_are_timed_with_torchs_own_pool_at_one_thread(tiny_run, monkeyp
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_expert_memory_attributes_every_resident_page_to_one_kind_of_mapping(tmp_path):
+    """benchmarks/expert_memory.py sums /proc/self/smaps by kind of mapping: together the kinds are the process's
+    whole RSS (smaps_rollup), the anonymous part its Anonymous, and a file mapped inside the bundle counts as the
+    bundle's (the full run is recorded in benchmarks/results/expert_memory.md)."""
+    import mmap
+
+    script = _load_script("expert_memory")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    artifact = bundle / "x.bin"
+    artifact.write_bytes(b"\1" * (1 << 20))
+    before = script.by_kind(bundle, None)
+    with open(artifact, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert sum(m[i] for i in range(0, len(m), 4096)) == 256  # every page touched
+        after = script.by_kind(bundle, None)
+        rollup = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in
+                                                         Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])}
+    grown = script.growth(before, after)
+    assert grown["bundle files"] == {"anon": 0, "file": 1 << 20}
+    total, anon = sum(k["anon"] + k["file"] for k in after.values()), sum(k["anon"] for k in after.values())
+    assert abs(total - rollup["Rss"]) < (1 << 20) and abs(anon - rollup["Anonymous"]) < (1 << 20)
+    assert script.kind_of("[heap]", bundle, None) == "heap" and script.kind_of("", bundle, None) == "anon mmap"
+    assert script.kind_of(str(tmp_path / "cache" / "w.bin"), bundle, tmp_path / "cache") == "weight cache"

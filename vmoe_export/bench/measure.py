@@ -7,7 +7,6 @@ ratio is taken per round and reported with its spread over the rounds."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from ..native_output import quiet
 from ..runtime import BundleRuntime
 from ..split import Graph, run_split, split_model
 from .baselines import monolithic_graph
-from .memory import zero_inputs
+from .memory import CAN_EVICT, evict_from_page_cache, zero_inputs
 
 
 @dataclass(frozen=True)
@@ -84,20 +83,6 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], warmup: int, runs:
 def round_ratios(num: list[list[float]], den: list[list[float]]) -> list[float]:
     """Median of `num` over median of `den`, round by round."""
     return [float(np.median(a) / np.median(b)) for a, b in zip(num, den, strict=True)]
-
-
-CAN_EVICT = hasattr(os, "posix_fadvise")
-
-
-def evict_from_page_cache(path: Path) -> None:
-    """Drop a file's (or a directory's files') clean pages from the OS page cache."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def cold_load_steps(rt: BundleRuntime) -> dict:
