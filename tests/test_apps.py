@@ -124,8 +124,8 @@ def test_api_level_check_catches_unguarded_use(body, flagged):
 @pytest.mark.slow
 def test_kotlin_core_junit_against_golden_vectors(shipped_bundle, tmp_path):
     """The core's JUnit suite, compiled with the declared Kotlin compiler, on the shipped model's fp32 per-layer,
-    fused (the default) and dynamic-int8 (fused, its fp32 router a graph of its own) ExecuTorch bundles; the
-    benchmark report its DeviceBench wrote is read by vmoe-bench."""
+    fused (the default) and dynamic-int8 (fused, its fp32 router a graph of its own) ExecuTorch bundles and its
+    fused LiteRT bundle (shared weights checked); the benchmark report its DeviceBench wrote is read by vmoe-bench."""
     from vmoe_export.bench.device import device_markdown, merge_device_reports, parse_device_report
     from vmoe_export.checkpoint import load_checkpoint
     from vmoe_export.data import load_fashion_mnist
@@ -145,11 +145,14 @@ def test_kotlin_core_junit_against_golden_vectors(shipped_bundle, tmp_path):
     assert [json.loads((b / "manifest.json").read_text())["schedule"]["kind"] for b in (bundle, fused, int8)] == \
         ["per-layer", "fused", "fused"]
     out = tmp_path / "device.json"
-    r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(bundle), str(fused), str(int8)],
+    shared = shipped_bundle("tflite")[0]  # fused, its paths' common weights in experts/shared.bin
+    assert json.loads((shared / "manifest.json").read_text())["shared_weights"]["graphs"]
+    r = subprocess.run([str(REPO / "android_demo" / "core" / "run_tests.sh"), str(bundle), str(fused), str(int8),
+                        str(shared)],
                        capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "VMOE_BENCH_OUT": str(out)})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert f"kotlinc: kotlinc-jvm {_declared_kotlin()}" in r.stdout
-    assert r.stdout.count("OK (27 tests)") == 2, r.stdout[-3000:]
+    assert r.stdout.count("OK (28 tests)") == 2, r.stdout[-3000:]
 
     device = parse_device_report(out.read_text(), str(out))
     assert device["bundle"]["digest"] == (fused / "manifest.sha256").read_text().strip()

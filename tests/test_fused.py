@@ -128,12 +128,7 @@ def test_fused_bundle_passes_parity_and_matches_the_per_layer_bundle(fused_bundl
     assert "moe1_out" in report["stage_max_abs_diff"]
     golden = json.loads((fused / "golden" / "golden.json").read_text())
     assert golden["combine"] is None and golden["cases"]
-    a, b = BundleRuntime(fused), BundleRuntime(per_layer)
-    x = preprocess_for(ckpt, images[:12])
-    for i in range(len(x)):
-        pa, pb = a.predict(x[i : i + 1]), b.predict(x[i : i + 1])
-        assert pa.experts == pb.experts
-        np.testing.assert_allclose(pa.logits, pb.logits, atol=1e-5)
+    x = _same_predictions(fused, per_layer, ckpt, images)
     one = BundleRuntime(fused)
     pred = one.predict(x[:1])
     assert one.experts.loaded == pred.experts  # k=1: one path loaded, the one the image was routed to
@@ -167,49 +162,92 @@ def test_edited_fused_schedule_is_refused(fused_bundles, tmp_path, edit):
         BundleRuntime(bundle)
 
 
-def _weight_bytes(bundle, manifest) -> tuple[int, dict[str, set[str]]]:
-    """Bytes of every weight a bundle stores (inline initializers of all graphs plus its shared-weights tensors),
-    and per graph the initializers it stores inline."""
-    import onnx
-    from onnx import numpy_helper
+def _inline_weights(path, backend: str) -> dict[str, int]:
+    """The weights an artifact stores inside itself: tensor name -> bytes."""
+    if backend == "onnx":
+        import onnx
+        from onnx import numpy_helper
 
+        m = onnx.load(str(path), load_external_data=False)
+        return {t.name: numpy_helper.to_array(t).nbytes for t in m.graph.initializer
+                if t.data_location != onnx.TensorProto.EXTERNAL}
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAs(path.read_bytes(), 0))
+    return {(t.name.decode() if isinstance(t.name, bytes) else t.name): len(m.buffers[t.buffer].data)
+            for t in m.subgraphs[0].tensors if t.buffer and m.buffers[t.buffer].data is not None}
+
+
+def _weight_bytes(bundle, manifest, backend) -> tuple[int, dict[str, set[str]]]:
+    """Bytes of every weight a bundle stores (inline weights of all graphs plus its shared-weights tensors),
+    and per graph the tensors it stores inline."""
     from vmoe_export.bundle import safe_join
     from vmoe_export.shared_weights import nbytes
 
     total, inline = 0, {}
     for name, entry in manifest["graphs"].items():
-        m = onnx.load(str(safe_join(bundle, entry["path"])), load_external_data=False)
-        kept = [t for t in m.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
-        inline[name] = {t.name for t in kept}
-        total += sum(numpy_helper.to_array(t).nbytes for t in kept)
+        kept = _inline_weights(safe_join(bundle, entry["path"]), backend)
+        inline[name] = set(kept)
+        total += sum(kept.values())
     shared = manifest.get("shared_weights")
     return total + sum(nbytes(t) for t in (shared["tensors"].values() if shared else [])), inline
 
 
-def test_fused_bundle_stores_each_shared_weight_once(fused_bundles):
+@pytest.fixture(scope="module", params=["onnx", "tflite"])
+def sharing(request, fused_bundles, tmp_path_factory):
+    """(backend, fused bundle, per-layer bundle, checkpoint) of the tiny k=1 model on each backend that stores the
+    expert paths' common weights once: ONNX as external data it is lent, LiteRT as external buffers it maps."""
     bundles, _, ckpt = fused_bundles
-    fused, per_layer = bundles["fused"][0], bundles["per-layer"][0]
+    if request.param == "onnx":
+        return "onnx", bundles["fused"][0], bundles["per-layer"][0], ckpt
+    images, labels = synthetic_test_set()
+    out = {kind: export_bundle(ckpt, "tflite", tmp_path_factory.mktemp(f"tflite-{kind}"), images, labels,
+                               ExportOptions(parity_images=40, progress=False, schedule=kind), log=lambda s: None)
+           for kind in ("fused", "per-layer")}
+    assert out["fused"][1]["status"] == "pass" and out["fused"][1]["logits_max_abs_diff"] <= 1e-4
+    return "tflite", out["fused"][0], out["per-layer"][0], ckpt
+
+
+def test_fused_bundle_stores_each_shared_weight_once(sharing):
+    backend, fused, per_layer, ckpt = sharing
     m, p = read_manifest(fused), read_manifest(per_layer)
     shared = m["shared_weights"]
     paths = [f"e{e}_path" for e in range(ckpt.config.num_experts)]
     assert shared["graphs"] == paths and (fused / shared["path"]).stat().st_size == shared["size_bytes"]
+    assert m["graphs"]["e1_path"]["path"] == f"experts/e1{'.onnx' if backend == 'onnx' else '.tflite'}"
     # Both MoE layers' attention (qkv and projection weights at least) are in the shared file...
     d = ckpt.config.embed_dim
     big = [t for t in shared["tensors"].values() if t["shape"] in ([d, 3 * d], [3 * d, d])]
     assert len(big) == ckpt.config.moe_layers, shared["tensors"]
     # ...no path holds a copy of any of them...
-    fused_bytes, inline = _weight_bytes(fused, m)
+    fused_bytes, inline = _weight_bytes(fused, m, backend)
     assert all(not inline[g] & set(shared["tensors"]) for g in paths)
     # ...so the fused bundle stores no more weight bytes than the per-layer one, which holds each weight once
     # (without sharing: E - 1 more copies of the shared tensors). Graph structure is not counted: on this
     # 16-wide model it outweighs the weights; at vit-12x192 the whole fused bundle is within 1.02x (benchmarks).
-    per_layer_bytes, _ = _weight_bytes(per_layer, p)
+    per_layer_bytes, _ = _weight_bytes(per_layer, p, backend)
     assert fused_bytes <= 1.02 * per_layer_bytes, (fused_bytes, per_layer_bytes)
 
 
-def test_tampered_shared_weights_are_refused(fused_bundles, tmp_path):
+def test_fused_bundle_with_shared_weights_matches_the_per_layer_one(sharing):
+    _, fused, per_layer, ckpt = sharing
+    _same_predictions(fused, per_layer, ckpt, synthetic_test_set()[0])
+
+
+def _same_predictions(fused, per_layer, ckpt, images):
+    """The two bundles route and classify 12 images alike; returns those images preprocessed."""
+    a, b = BundleRuntime(fused), BundleRuntime(per_layer)
+    x = preprocess_for(ckpt, images[:12])
+    for i in range(len(x)):
+        pa, pb = a.predict(x[i : i + 1]), b.predict(x[i : i + 1])
+        assert pa.experts == pb.experts
+        np.testing.assert_allclose(pa.logits, pb.logits, atol=1e-5)
+    return x
+
+
+def test_tampered_shared_weights_are_refused(sharing, tmp_path):
     bundle = tmp_path / "b"
-    shutil.copytree(fused_bundles[0]["fused"][0], bundle)
+    shutil.copytree(sharing[1], bundle)
     data = bundle / "experts" / "shared.bin"
     raw = bytearray(data.read_bytes())
     raw[100] ^= 1
@@ -219,3 +257,23 @@ def test_tampered_shared_weights_are_refused(fused_bundles, tmp_path):
     data.unlink()
     with pytest.raises(BundleError, match="shared.bin listed in the manifest is missing"):
         BundleRuntime(bundle)
+
+
+def test_shared_weights_a_runtime_maps_itself_are_checked_before_each_load(sharing, tmp_path):
+    """LiteRT maps experts/shared.bin itself at each expert load: verified once, the runtime still checks that the
+    file is the one it hashed before every load (ONNX Runtime never reads it: it is lent the verified bytes)."""
+    backend, fused, _, _ = sharing
+    if backend != "tflite":
+        pytest.skip("only a runtime that reads the shared-weights file itself (LiteRT) reads it after open")
+    bundle = tmp_path / "b"
+    shutil.copytree(fused, bundle)
+    for verify in ("once", "every-load"):
+        shutil.copyfile(fused / "experts" / "shared.bin", bundle / "experts" / "shared.bin")
+        rt = BundleRuntime(bundle, verify=verify, self_test=False)
+        rt.experts.empty_copy().get(0)
+        data = bundle / "experts" / "shared.bin"
+        raw = bytearray(data.read_bytes())
+        raw[-1] ^= 1
+        data.write_bytes(bytes(raw))  # same size, changed after the bundle opened
+        with pytest.raises(BundleError, match="shared.bin fails its checksum"):
+            rt.experts.empty_copy().get(1)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import needs_fmnist
-from vmoe_export.backends import RunOptions
+from vmoe_export.backends import ArtifactRecord, RunOptions
+from vmoe_export.backends.tflite import cache_key
 from vmoe_export.runtime import BundleRuntime
 
 pytestmark = needs_fmnist
@@ -38,7 +39,9 @@ def test_cache_is_built_once_reused_and_exact(bundle, tmp_path):
     loaded = len(rt.schedule.shared_graphs) + sum(len(rt.schedule.expert_graphs(e)) for e in rt.experts.loaded)
     assert len(files) == loaded, "one cache file per loaded graph"
     assert not [n for n in files if n.endswith(".tmp")], "no temporary file is left once a build is published"
-    assert all(n.split("-")[0] in {g["sha256"] for g in rt.manifest["graphs"].values()} for n in files)
+    records = [ArtifactRecord.from_manifest(rt.manifest, g) for g in rt.manifest["graphs"]]
+    keys = {cache_key(r.sha256, r.shared_sha256) for r in records}
+    assert all(n.split("-")[0] in keys for n in files)
     assert (cache.stat().st_mode & 0o777) == 0o700
     reused, _ = _logits(bundle, cache, images)
     assert {p.name: p.stat().st_ino for p in cache.iterdir()} == files, "reused, not built again"
@@ -85,3 +88,11 @@ def test_the_environment_is_read_when_a_runtime_opens_not_at_import(bundle, tmp_
     rt = BundleRuntime(bundle, self_test=False)
     rt.predict(np.zeros(rt.input_shape, np.float32))
     assert rt.run_options.weight_cache_dir == tmp_path / "late" and any((tmp_path / "late").iterdir())
+
+
+def test_a_path_reading_shared_weights_is_cached_under_both_files():
+    """The same path artifact over another shared-weights file packs other weights: another cache file. Without
+    shared weights the key is the artifact's own hash, as before."""
+    a, b = "a" * 64, "b" * 64
+    assert cache_key(a) == a
+    assert len({cache_key(a, b), cache_key(a, "c" * 64), cache_key(a)}) == 3

@@ -148,31 +148,48 @@ def artifact_path(bundle_dir: Path, manifest: dict, graph: str, verified: dict |
     change (rewrite, replacement, touch, a directory swapped for a link elsewhere: another inode) checks it
     all again. An expert switch then costs one stat, not a path resolution and a hash. Without it, every call
     checks everything."""
-    known = verified.get(graph) if verified is not None else None
+    entry = manifest["graphs"].get(graph)
+    if entry is None:
+        raise BundleError(f"graph {graph!r} is not in the manifest")
+    return _checked(bundle_dir, entry, graph, verified, "artifact")
+
+
+SHARED_WEIGHTS_KEY = "shared_weights"  # its entry in a `verified` table (never a graph's name: those are the schedule's)
+
+
+def shared_weights_path(bundle_dir: Path, manifest: dict, verified: dict | None = None) -> Path:
+    """The bundle's shared-weights file, checked as artifact_path checks an artifact, for a runtime that reads it
+    itself (LiteRT maps it by the name its expert paths give it)."""
+    entry = manifest.get("shared_weights")
+    if not entry:
+        raise BundleError("the manifest has no shared_weights block")
+    return _checked(bundle_dir, entry, SHARED_WEIGHTS_KEY, verified, "shared-weights file")
+
+
+def _checked(bundle_dir: Path, entry: dict, key: str, verified: dict | None, what: str) -> Path:
+    """entry's file (its manifest path, size_bytes and sha256), inside the bundle and matching its sha256."""
+    known = verified.get(key) if verified is not None else None
     if known is not None:
         try:
             if fingerprint(known[0]) == known[1]:
                 return known[0]
         except OSError:
             pass  # gone or unreadable: the full check below says which
-    entry = manifest["graphs"].get(graph)
-    if entry is None:
-        raise BundleError(f"graph {graph!r} is not in the manifest")
     path = safe_join(bundle_dir, entry["path"])
     if not path.exists():
-        raise BundleError(f"artifact {entry['path']} listed in the manifest is missing from {bundle_dir}")
+        raise BundleError(f"{what} {entry['path']} listed in the manifest is missing from {bundle_dir}")
     if size_of(path) != entry["size_bytes"]:
-        raise BundleError(f"artifact {entry['path']} has {size_of(path)} bytes, the manifest says {entry['size_bytes']}: "
+        raise BundleError(f"{what} {entry['path']} has {size_of(path)} bytes, the manifest says {entry['size_bytes']}: "
                           "the bundle was modified or corrupted; re-export it")
     before = fingerprint(path)
     actual = sha256_of(path)
     if actual != entry["sha256"]:
         raise BundleError(
-            f"artifact {entry['path']} fails its checksum (manifest {entry['sha256'][:12]}..., file {actual[:12]}...): "
+            f"{what} {entry['path']} fails its checksum (manifest {entry['sha256'][:12]}..., file {actual[:12]}...): "
             "the bundle was modified or corrupted; re-export it"
         )
     if verified is not None and fingerprint(path) == before:  # unchanged while it was hashed
-        verified[graph] = (path, before)
+        verified[key] = (path, before)
     return path
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from .backends import ArtifactRecord, RunOptions, get_runtime
 from .native_output import quiet
-from .bundle import BundleError, artifact_path, graph_sizes, manifest_schedule, read_manifest, read_shared_weights
+from .bundle import (BundleError, artifact_path, graph_sizes, manifest_schedule, read_manifest, read_shared_weights,
+                     shared_weights_path)
 from .graphio import GraphIO
 from .machine import describe
 from .preprocess import preprocess_image as _preprocess_image
@@ -155,12 +156,13 @@ class BundleRuntime:
                 raise ValueError(f"byte budget {max_bytes} cannot hold {self.top_k} experts ({need} bytes needed)")
         specs = self.schedule.graphs()
         self._stage = {g.name: STAGE_OF_ROLE[g.role] for g in specs}
+        self._shared_by = set((self.manifest.get("shared_weights") or {}).get("graphs", []))
         if self._verified is not None:
             for g in specs:
-                artifact_path(self.dir, self.manifest, g.name, self._verified)
-        # Weights every expert path holds alike, stored once: verified here, once, and lent to each path it loads.
-        self._shared = read_shared_weights(self.dir, self.manifest)
-        self._shared_by = set((self.manifest.get("shared_weights") or {}).get("graphs", []))
+                self.verified_path(g.name)
+        # Weights every expert path holds alike, stored once: verified here, once, and lent to each path it loads,
+        # unless the backend's runtime reads the file itself (then verified_path checks it before each such load).
+        self._shared = {} if self.backend.maps_shared_weights else read_shared_weights(self.dir, self.manifest)
         self._expert_of = {g.name: g.expert for g in specs if g.role == "expert"}
         self._sizes = graph_sizes(self.manifest)
         t0 = time.perf_counter()
@@ -185,7 +187,15 @@ class BundleRuntime:
                                     + "; ".join(report.failures))
 
     def _load_graph(self, name: str):
-        return self.load_verified(name, artifact_path(self.dir, self.manifest, name, self._verified))
+        return self.load_verified(name, self.verified_path(name))
+
+    def verified_path(self, name: str) -> Path:
+        """One graph's artifact, checked (bundle.artifact_path), and the shared-weights file it makes its runtime
+        read, where the runtime reads it itself (LiteRT), checked the same way first: what the runtime maps is
+        what the manifest pins, every load or, verified once, while its fingerprint holds."""
+        if name in self._shared_by and self.backend.maps_shared_weights:
+            shared_weights_path(self.dir, self.manifest, self._verified)
+        return artifact_path(self.dir, self.manifest, name, self._verified)
 
     def load_verified(self, name: str, path: Path):
         """One graph's runner from its artifact at `path`, which bundle.artifact_path has verified."""

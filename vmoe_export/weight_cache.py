@@ -6,8 +6,9 @@ the packing is written to disk once and mmapped from then on: one clean copy the
 the artifact's own weight pages are not read again (benchmarks/results/litert_weight_cache.md).
 
 XNNPACK's header check covers only its own build, while its packing differs by CPU and a cache built for another
-model with the same tensor layout would load silently; so a file is keyed by the artifact's verified sha256, the
-runtime's version, the CPU architecture and the kernel features (machine.cpu_features). Native code reads these
+model with the same tensor layout would load silently; so a file is keyed by the artifact's verified sha256 (with
+the shared-weights file's, for an expert path that reads one: backends/tflite.cache_key), the runtime's version,
+the CPU architecture and the kernel features (machine.cpu_features). Native code reads these
 files without bounds checks, so they live in a directory only this user can write (0700, owned by us; anything
 else is refused with a warning and the runtime packs on the heap) and are published atomically: built under a
 temporary name, synced, checked complete, then renamed. The directory is pruned to a byte budget, least recently

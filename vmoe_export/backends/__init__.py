@@ -21,7 +21,9 @@ and the verified tensors it reads from the bundle's shared-weights file (below).
 `share_weights(artifacts, data_path)`, where a backend has it, rewrites the expert paths of a fused bundle so
 that every weight they all hold byte for byte (both MoE layers' attention) is stored once, in `data_path`, and
 returns the table of those tensors for the manifest (shared_weights.py). Its `load` then takes them from
-`record.external`: the runtime reads and hashes that file once, so an expert switch reads only its own MLP.
+`record.external`: the runtime reads and hashes that file once, so an expert switch reads only its own MLP. A
+backend whose runtime maps that file itself, by the name its artifacts give it (`maps_shared_weights`: LiteRT),
+gets no tensors; the runtime checks the file before every load that reads it instead, as it checks artifacts.
 A runner takes the graph's inputs as float32 numpy arrays in manifest order and returns its
 outputs in manifest order, so the runtime never sees backend-specific tensor names.
 """
@@ -88,13 +90,15 @@ class ArtifactRecord:
     # Tensors the artifact stores outside itself (shared_weights.py), by name, as verified arrays: {} for most.
     external: Mapping[str, np.ndarray] = field(default_factory=dict)
     sha256: str = ""  # the artifact's verified content hash ("" when it is not from a bundle), keys weight caches
+    shared_sha256: str = ""  # the verified hash of the shared-weights file it reads, if any: keys weight caches too
 
     @classmethod
     def from_manifest(cls, manifest: dict, graph: str, external: Mapping[str, np.ndarray] | None = None
                       ) -> "ArtifactRecord":
         q = manifest["graphs"][graph].get("quantization") or {}
+        shared = manifest.get("shared_weights") or {}
         return cls(dict(manifest.get("backend_options") or {}), q.get("mode", "none"), dict(external or {}),
-                   manifest["graphs"][graph]["sha256"])
+                   manifest["graphs"][graph]["sha256"], shared.get("sha256", "") if graph in shared.get("graphs", []) else "")
 
     @classmethod
     def of_export(cls, options: Any) -> "ArtifactRecord":
@@ -129,6 +133,9 @@ class Backend:
     recipe: str = ""
     # (expert path artifacts by graph, shared data file) -> tensor table: stores their common weights once.
     share_weights: Callable[[Mapping[str, Path], Path], dict[str, dict]] | None = None
+    # Its runtime reads the shared data file itself (by the name the artifact gives it) instead of taking verified
+    # tensors from the caller: the runtime then checks the file before each load of a graph that reads it.
+    maps_shared_weights: bool = False
 
     def versions(self) -> dict[str, str]:
         return {d: package_version(d) for d in ("torch", *self.distributions)}

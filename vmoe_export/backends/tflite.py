@@ -9,14 +9,22 @@ between QUANTIZE / DEQUANTIZE: int8 BATCH_MATMUL is slow under XNNPACK here, so 
 static_wi8_ai8) the vit-12x192 trunk ran 1.4-1.8x slower than fp32 on an x86 CPU, on the weight ops 0.45x, with
 a higher SNR (35.4 against 26.5 dB; benchmarks/results/litert_static_int8_ops.md). The INPUT and OUTPUT ops are
 excluded so the graph keeps float32 I/O like every other bundle.
+
+In a fused bundle the weights all expert paths hold alike (both MoE layers' attention) are stored once, in the
+bundle's shared-weights file, as TFLite external buffers of each path (share_weights, shared_weights.py): the
+model names the file (its external buffer group, "shared.bin", beside the path) and where each tensor lies in it,
+and LiteRT's CompiledModel maps those slices itself when it loads the path. So the runtime cannot lend verified
+bytes as it does to ONNX Runtime; it checks the file against the manifest before every load of a path that reads
+it (BundleRuntime.verified_path), and the XNNPACK weight cache keys such a path by both files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io as _io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +89,88 @@ def _signature_names(interpreter) -> tuple[list[str], list[str]]:
     return sorted(signature["inputs"], key=_position), sorted(signature["outputs"], key=_position)
 
 
+# TFLite tensor types whose buffers may be stored once for all expert paths (shared_weights.DTYPES).
+_SHARED_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8}
+
+
+def share_weights(artifacts: Mapping[str, Path], data_path: Path) -> dict[str, dict]:
+    """Store the weights every artifact holds alike once, in data_path, as TFLite external buffers of each model.
+
+    LiteRT's CompiledModel resolves an external buffer group's name relative to the model's own folder and maps
+    the slices it needs, exactly as written (no copy; the paths compute what they computed before). A tensor's
+    buffer moves out when every path holds a tensor of that name with the same type, shape and bytes."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from .. import shared_weights
+
+    models = {g: schema.ModelT.InitFromObj(schema.Model.GetRootAs(Path(p).read_bytes(), 0)) for g, p in artifacts.items()}
+    common = shared_weights.common_tensors({g: _weights(m) for g, m in models.items()})
+    table = shared_weights.write(data_path, common)
+    for g, m in models.items():
+        group = schema.ExternalBufferGroupT()
+        group.name = Path(os.path.relpath(data_path, artifacts[g].parent)).as_posix()
+        m.externalBufferGroups, m.externalBuffers = [group], []
+        moved: dict[int, int] = {}  # buffer index -> external buffer id (ids start at 1: 0 means none)
+        for t in m.subgraphs[0].tensors:
+            name = t.name.decode() if isinstance(t.name, bytes) else t.name
+            if name not in table:
+                continue
+            if t.buffer not in moved:
+                ext = schema.ExternalBufferT()
+                ext.id, ext.group = len(m.externalBuffers) + 1, 0
+                ext.offset, ext.length = table[name]["offset"], shared_weights.nbytes(table[name])
+                m.externalBuffers.append(ext)
+                moved[t.buffer] = ext.id
+                m.buffers[t.buffer].data = None
+            t.externalBuffer, t.buffer = moved[t.buffer], 0
+        tmp = Path(artifacts[g]).with_suffix(".shared.tmp")  # a new file: never write through a link to a cached copy
+        tmp.write_bytes(_serialize(m))
+        os.replace(tmp, artifacts[g])
+    return table
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    """The constant tensors of a model's main subgraph by name, as arrays over their buffers."""
+    out = {}
+    for t in model.subgraphs[0].tensors:
+        data = model.buffers[t.buffer].data
+        if t.buffer and data is not None and len(data) and t.type in _SHARED_DTYPES and t.shape is not None:
+            name = t.name.decode() if isinstance(t.name, bytes) else t.name
+            out[name] = np.frombuffer(np.ascontiguousarray(data, np.uint8).tobytes(),
+                                      _SHARED_DTYPES[t.type]).reshape([int(d) for d in t.shape])
+    return out
+
+
+def _serialize(model) -> bytes:
+    """The model's flatbuffer, every buffer's data 16-byte aligned as the converter writes it (the schema's
+    force_align: 16; the object API's own Pack would align bytes to 1)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    class AlignedBuffer(schema.BufferT):
+        def Pack(self, builder):
+            data = None
+            if self.data is not None:
+                payload = np.ascontiguousarray(self.data, np.uint8).tobytes()
+                builder.StartVector(1, len(payload), 16)
+                builder.head -= len(payload)
+                builder.Bytes[builder.head:builder.head + len(payload)] = payload
+                builder.vectorNumElems = len(payload)
+                data = builder.EndVector()
+            schema.BufferStart(builder)
+            if data is not None:
+                schema.BufferAddData(builder, data)
+            schema.BufferAddOffset(builder, self.offset)
+            schema.BufferAddSize(builder, self.size)
+            return schema.BufferEnd(builder)
+
+    for b in model.buffers:
+        b.__class__ = AlignedBuffer
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     """A runner through LiteRT's CompiledModel (the API the Android app uses), with XNNPACK's weight cache where
     `run.weight_cache_dir` allows: the weights packed once into a file that later loads mmap (weight_cache.py)."""
@@ -89,8 +179,8 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
 
     from .. import weight_cache
 
-    sha256 = record.sha256 or _sha256(path)
-    cache = weight_cache.entry(run.weight_cache_dir, sha256, f"ai-edge-litert {_version()}", _xnnpack_cache_complete)
+    key = cache_key(record.sha256 or _sha256(path), record.shared_sha256)
+    cache = weight_cache.entry(run.weight_cache_dir, key, f"ai-edge-litert {_version()}", _xnnpack_cache_complete)
     try:
         # Creating it applies XNNPACK (packing, or mapping the cache), so that counts as load time and its native
         # notices fall in the load's quiet().
@@ -127,6 +217,11 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
 
     runner.model = model  # keeps the buffers' owner alive with the runner
     return runner
+
+
+def cache_key(sha256: str, shared_sha256: str = "") -> str:
+    """What an artifact's packed weights depend on: its bytes, and those of the shared-weights file it reads."""
+    return hashlib.sha256(f"{sha256}+{shared_sha256}".encode()).hexdigest() if shared_sha256 else sha256
 
 
 _ENVIRONMENT = None
@@ -185,4 +280,5 @@ BACKEND = Backend("tflite", ".tflite", distributions=("litert-torch", "ai-edge-l
                   # 256) scored 27.0 dB mean expert SNR, on every image 31.1 dB, with equal accuracy and routing.
                   # (XNNPACK's histogram observers and ONNX Runtime do better with routed calibration: 33.3 vs
                   # 30.3 dB and 32.8 vs 28.9 dB.)
-                  calibration="all", recipe="static ops: " + ",".join(STATIC_OPS))
+                  calibration="all", recipe="static ops: " + ",".join(STATIC_OPS),
+                  share_weights=share_weights, maps_shared_weights=True)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..backends import ArtifactRecord, RunOptions, get_backend
-from ..bundle import artifact_path
 from ..native_output import quiet
 from ..runtime import BundleRuntime
 from ..split import Graph, run_split, split_model
@@ -94,7 +93,7 @@ def cold_load_steps(rt: BundleRuntime) -> dict:
         took = dict.fromkeys(steps, 0.0)
         for name in rt.schedule.expert_graphs(e):
             t0 = time.perf_counter()
-            path = artifact_path(rt.dir, rt.manifest, name)
+            path = rt.verified_path(name)
             t1 = time.perf_counter()
             run = rt.load_verified(name, path)
             t2 = time.perf_counter()

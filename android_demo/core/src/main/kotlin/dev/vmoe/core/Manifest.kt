@@ -18,6 +18,11 @@ val POLARITIES = setOf("as-is", "dark-background")
 
 data class ExpertInfo(val id: Int, val superclass: List<String>, val graphs: List<String>, val sizeBytes: Long)
 
+/** A fused bundle's weights every expert path holds alike, stored once in [path] (vmoe_export/shared_weights.py);
+ *  the [graphs] that read it. LiteRT maps it itself, beside the path that names it, so it is checked before each
+ *  of those graphs is handed out. */
+data class SharedWeights(val path: String, val sha256: String, val sizeBytes: Long, val graphs: List<String>)
+
 /** One step of the routed schedule stored in the manifest (vmoe_export/schedule.py). The app
  *  executes these steps; it never builds a graph name itself. */
 sealed class Step {
@@ -39,7 +44,7 @@ val SCHEDULE_KINDS = setOf("per-layer", "fused")
 class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val topK: Int,
                val classNames: List<String>, val preprocessing: Preprocessing,
                val graphs: Map<String, GraphEntry>, val experts: List<ExpertInfo>, val steps: List<Step>,
-               val golden: String = GOLDEN, val goldenSha256: String = "") {
+               val golden: String = GOLDEN, val goldenSha256: String = "", val sharedWeights: SharedWeights? = null) {
 
 
     /** Graphs every image runs, loaded up front. */
@@ -56,6 +61,8 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
         const val SCHEMA_VERSION = 3
         /** Every bundle's golden vectors, pinned by the manifest's golden_sha256 (vmoe_export/manifest.py). */
         const val GOLDEN = "golden/golden.json"
+        /** Where a fused bundle stores its expert paths' common weights (vmoe_export/shared_weights.FILE). */
+        const val SHARED_WEIGHTS = "experts/shared.bin"
         val SUFFIX = mapOf("executorch" to ".pte", "coreml" to ".mlpackage", "tflite" to ".tflite", "onnx" to ".onnx")
 
         fun parse(text: String): Manifest {
@@ -157,7 +164,7 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             val goldenSha = root.str("golden_sha256", "manifest")
             if (!Regex("[0-9a-f]{64}").matches(goldenSha)) throw ManifestException("manifest golden_sha256 is not a sha256")
             val manifest = Manifest(target, e, l, k, classNames, Preprocessing(size, chans, mean, std, polarity), graphs, experts, steps,
-                GOLDEN, goldenSha)
+                GOLDEN, goldenSha, sharedWeights(root, steps))
             if (experts.size != e || experts.withIndex().any { (i, x) -> x.id != i || x.graphs != manifest.expertGraphs(i) })
                 throw ManifestException("manifest experts table does not follow from the schedule")
             checkParity(root, graphs.size)
@@ -210,6 +217,21 @@ class Manifest(val target: String, val numExperts: Int, val moeLayers: Int, val 
             if (names.toSet().size != names.size) throw ManifestException("manifest schedule names one graph twice: re-export the bundle")
         }
 
+        /** The optional shared_weights block: only a fused bundle's expert paths, all of them, read the one file. */
+        private fun sharedWeights(root: JSONObject, steps: List<Step>): SharedWeights? {
+            if (!root.has("shared_weights") || root.isNull("shared_weights")) return null
+            val s = root.obj("shared_weights", "manifest")
+            val path = s.str("path", "shared_weights")
+            if (path != SHARED_WEIGHTS) throw ManifestException("manifest shared_weights.path '$path' is not $SHARED_WEIGHTS: re-export the bundle")
+            val sha = s.str("sha256", "shared_weights")
+            if (!Regex("[0-9a-f]{64}").matches(sha)) throw ManifestException("manifest shared_weights has no valid sha256")
+            val graphs = s.arr("graphs", "shared_weights").strings("shared_weights.graphs")
+            val paths = steps.filterIsInstance<Step.ExpertPath>().flatMap { it.experts }
+            if (paths.isEmpty() || graphs != paths)
+                throw ManifestException("manifest shared_weights names graphs $graphs, but only a fused bundle's expert paths ($paths) share weights: re-export the bundle")
+            return SharedWeights(path, sha, s.int("size_bytes", "shared_weights", 1).toLong(), graphs)
+        }
+
         private fun checkParity(root: JSONObject, graphCount: Int) {
             val parity = root.optJSONObject("parity")
                 ?: throw ManifestException("the manifest has no parity result: an unfinished export, not a bundle; export it again")
@@ -256,14 +278,20 @@ class Bundle(val dir: File, expectedDigest: String? = null) {
         manifest = Manifest.parse(String(bytes, Charsets.UTF_8))
     }
 
+    /** A graph's artifact, inside the bundle and matching its sha256; for an expert path that reads the shared
+     *  weights file, that file too, as the runtime will map it when it loads the path. */
     fun verifiedArtifact(graph: String): File {
         val entry = manifest.graphs[graph] ?: throw ManifestException("graph '$graph' is not in the manifest")
+        manifest.sharedWeights?.takeIf { graph in it.graphs }?.let { verified(it.path, it.sha256, "shared-weights file") }
+        return verified(entry.path, entry.sha256, "artifact")
+    }
+
+    private fun verified(path: String, sha256: String, what: String): File {
         val root = dir.canonicalFile
-        val file = File(root, entry.path).canonicalFile
-        if (!file.path.startsWith(root.path + File.separator)) throw ManifestException("manifest path '${entry.path}' escapes the bundle directory")
-        if (!file.exists()) throw ManifestException("artifact ${entry.path} is missing")
-        val actual = Sha256.of(file)
-        if (actual != entry.sha256) throw ManifestException("artifact ${entry.path} fails its checksum: re-export the bundle")
+        val file = File(root, path).canonicalFile
+        if (!file.path.startsWith(root.path + File.separator)) throw ManifestException("manifest path '$path' escapes the bundle directory")
+        if (!file.exists()) throw ManifestException("$what $path is missing")
+        if (Sha256.of(file) != sha256) throw ManifestException("$what $path fails its checksum: re-export the bundle")
         return file
     }
 

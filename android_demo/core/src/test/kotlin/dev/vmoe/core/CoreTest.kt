@@ -374,9 +374,36 @@ class CoreTest {
         assertEquals(listOf(0, 1), pinned.loaded)
     }
 
-    private fun copyBundle(): File {
+    /** A fused bundle that keeps its expert paths' common weights in experts/shared.bin (the LiteRT one; its runtime
+     *  maps the file itself): -Dvmoe.sharedBundle=DIR. The file is checked before each path that reads it. */
+    @Test fun sharedWeightsAreCheckedBeforeEveryPathThatReadsThem() {
+        val name = System.getProperty("vmoe.sharedBundle").orEmpty()
+        assumeTrue("set -Dvmoe.sharedBundle to a fused bundle with shared weights (run_tests.sh's 4th argument)", name.isNotEmpty())
+        val dir = File(name)
+        val m = Bundle(dir).manifest
+        val shared = m.sharedWeights ?: error("$dir has no shared_weights block")
+        assertEquals((0 until m.numExperts).flatMap { m.expertGraphs(it) }, shared.graphs)
+        val copy = copyBundle(dir)
+        val bundle = Bundle(copy)
+        for (g in m.graphs.keys) assertTrue(bundle.verifiedArtifact(g).exists())
+        val data = File(copy, shared.path)
+        val bytes = data.readBytes()
+        bytes[bytes.size - 1] = (bytes[bytes.size - 1] + 1).toByte()
+        data.writeBytes(bytes)
+        expectManifestError("shared-weights file experts/shared.bin fails its checksum") { bundle.verifiedArtifact(shared.graphs[0]) }
+        assertTrue(bundle.verifiedArtifact(m.sharedGraphs[0]).exists())  // the trunk does not read it
+        data.delete()
+        expectManifestError("experts/shared.bin is missing") { bundle.verifiedArtifact(shared.graphs.last()) }
+        val text = File(dir, "manifest.json").readText()
+        fun edit(change: (JSONObject) -> Unit) = Manifest.parse(JSONObject(text).also { change(it.getJSONObject("shared_weights")) }.toString())
+        expectManifestError("is not experts/shared.bin") { edit { it.put("path", "../shared.bin") } }
+        expectManifestError("only a fused bundle's expert paths") { edit { it.put("graphs", org.json.JSONArray(shared.graphs.drop(1))) } }
+        expectManifestError("no valid sha256") { edit { it.put("sha256", "x") } }
+    }
+
+    private fun copyBundle(from: File = bundleDir): File {
         val dst = kotlin.io.path.createTempDirectory("vmoe-bundle").toFile()
-        bundleDir.copyRecursively(dst, overwrite = true)
+        from.copyRecursively(dst, overwrite = true)
         return dst
     }
 
