@@ -27,7 +27,6 @@ into a temp dir first, about 3 minutes). Writes expert_memory.{json,md}.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import shutil
 import subprocess
@@ -40,43 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CONFIG = "vit-12x192-moe"
 TARGETS = ("executorch", "tflite", "onnx")
-KINDS = ("heap", "anon mmap", "bundle files", "weight cache", "other files")
 
 
 def by_kind(bundle: Path, cache_dir: Path | None) -> dict[str, dict[str, int]]:
-    """This process's resident bytes by kind of mapping, anonymous and file-backed, after malloc_trim. Summed
-    by kind, not by address range: the heap and anonymous mappings grow and merge in place."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    out = {k: {"anon": 0, "file": 0} for k in KINDS}
-    kind, rss = None, 0
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split(maxsplit=5)
-            if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
-                kind = out[kind_of(head[5].strip() if len(head) == 6 else "", bundle, cache_dir)]
-            elif line.startswith("Rss:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("Anonymous:"):
-                anon = int(line.split()[1]) * 1024
-                kind["anon"] += anon
-                kind["file"] += rss - anon
-    return out
+    """This process's resident bytes by kind of mapping, after malloc_trim (bench/memory.py)."""
+    from vmoe_export.bench.memory import resident_by_kind, trim
 
-
-def kind_of(name: str, bundle: Path, cache_dir: Path | None) -> str:
-    if name == "[heap]":
-        return "heap"
-    if not name or name.startswith("["):
-        return "anon mmap"
-    if name.startswith(str(bundle.resolve()) + "/"):
-        return "bundle files"
-    if cache_dir is not None and name.startswith(str(cache_dir.resolve()) + "/"):
-        return "weight cache"
-    return "other files"
-
-
-def growth(before: dict, after: dict) -> dict[str, dict[str, int]]:
-    return {k: {part: after[k][part] - before[k][part] for part in ("anon", "file")} for k in KINDS}
+    trim()
+    return resident_by_kind(bundle, cache_dir)
 
 
 def probe_bundle(bundle: Path) -> dict:
@@ -84,7 +54,7 @@ def probe_bundle(bundle: Path) -> dict:
     import numpy as np
 
     from vmoe_export.backends import RunOptions
-    from vmoe_export.bench.memory import zero_inputs
+    from vmoe_export.bench.memory import growth_by_kind, zero_inputs
     from vmoe_export.runtime import BundleRuntime
 
     run = RunOptions(threads=1)
@@ -103,8 +73,8 @@ def probe_bundle(bundle: Path) -> dict:
         for name, runner in graphs.items():
             runner(zero_inputs(rt, name))
         ran = read()
-        experts.append({"expert": e, "bytes": rt.expert_bytes(e), "loaded": growth(before, loaded),
-                        "run": growth(before, ran)})
+        experts.append({"expert": e, "bytes": rt.expert_bytes(e), "loaded": growth_by_kind(before, loaded),
+                        "run": growth_by_kind(before, ran)})
     return {"target": rt.target, "experts": experts}
 
 
@@ -116,6 +86,7 @@ def probe_onnx_mapped(bundle: Path) -> dict:
     import onnxruntime as ort
     from onnx import numpy_helper
 
+    from vmoe_export.bench.memory import growth_by_kind
     from vmoe_export.bundle import artifact_path, read_manifest, read_shared_weights
 
     manifest = read_manifest(bundle)
@@ -162,8 +133,8 @@ def probe_onnx_mapped(bundle: Path) -> dict:
         ran = by_kind(work, None)
         keep.append(s)
         if i:  # the first one also maps the shared file and loads ORT's kernels
-            experts.append({"expert": name, "bytes": nbytes, "loaded": growth(before, loaded),
-                            "run": growth(before, ran)})
+            experts.append({"expert": name, "bytes": nbytes, "loaded": growth_by_kind(before, loaded),
+                            "run": growth_by_kind(before, ran)})
     return {"target": "onnx, own weights mapped", "experts": experts}
 
 
@@ -200,6 +171,8 @@ def in_fresh_process(*args: str) -> dict:
 
 def summary(probe: dict) -> dict:
     """Per further expert over its bytes (median): totals loaded and run, and the run growth by kind."""
+    from vmoe_export.bench.memory import KINDS
+
     def med(xs):
         return sorted(xs)[len(xs) // 2]
 
@@ -234,7 +207,7 @@ def markdown(result: dict) -> str:
         "| weight cache | other files |",
         "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in result["summaries"].items():
-        kinds = " | ".join(f"{s['by_kind'][k]['anon']:.2f} + {s['by_kind'][k]['file']:.2f}" for k in KINDS)
+        kinds = " | ".join(f"{v['anon']:.2f} + {v['file']:.2f}" for v in s["by_kind"].values())
         lines.append(f"| {name} | {s['expert_bytes'] / 2**20:.2f} | {s['loaded_anon']:.2f} + {s['loaded_file']:.2f} | "
                      f"{s['run_anon']:.2f} + {s['run_file']:.2f} | {s['run_anon'] + s['run_file']:.2f}x | {kinds} |")
     planned = result["executorch_planned_bytes"]

@@ -366,10 +366,13 @@ def test_runtimes_are_timed_with_torchs_own_pool_at_one_thread(tiny_run, monkeyp
 
 
 def test_expert_memory_attributes_every_resident_page_to_one_kind_of_mapping(tmp_path):
-    """benchmarks/expert_memory.py sums /proc/self/smaps by kind of mapping: together the kinds are the process's
-    whole RSS (smaps_rollup), the anonymous part its Anonymous, and a file mapped inside the bundle counts as the
-    bundle's (the full run is recorded in benchmarks/results/expert_memory.md)."""
+    """bench/memory.resident_by_kind (benchmarks/expert_memory.py's reading, and the memory probe's bundle_mapped)
+    sums /proc/self/smaps by kind of mapping: together the kinds are the process's whole RSS (smaps_rollup), the
+    anonymous part its Anonymous, a file mapped inside the bundle counts as the bundle's, one inside the weight
+    cache as the cache's (the full run is recorded in benchmarks/results/expert_memory.md)."""
     import mmap
+
+    from vmoe_export.bench.memory import _kind_of, growth_by_kind, resident_by_kind
 
     script = _load_script("expert_memory")
     bundle = tmp_path / "bundle"
@@ -382,9 +385,17 @@ def test_expert_memory_attributes_every_resident_page_to_one_kind_of_mapping(tmp
         after = script.by_kind(bundle, None)
         rollup = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in
                                                          Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])}
-    grown = script.growth(before, after)
+    grown = growth_by_kind(before, after)
     assert grown["bundle files"] == {"anon": 0, "file": 1 << 20}
     total, anon = sum(k["anon"] + k["file"] for k in after.values()), sum(k["anon"] for k in after.values())
     assert abs(total - rollup["Rss"]) < (1 << 20) and abs(anon - rollup["Anonymous"]) < (1 << 20)
-    assert script.kind_of("[heap]", bundle, None) == "heap" and script.kind_of("", bundle, None) == "anon mmap"
-    assert script.kind_of(str(tmp_path / "cache" / "w.bin"), bundle, tmp_path / "cache") == "weight cache"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "w.bin").write_bytes(b"\2" * (1 << 16))
+    with open(cache / "w.bin", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert sum(m[i] for i in range(0, len(m), 4096)) == 32
+        assert resident_by_kind(bundle, cache)["weight cache"] == {"anon": 0, "file": 1 << 16}
+        assert resident_by_kind(bundle)["weight cache"] == {"anon": 0, "file": 0}  # no cache dir: other files
+    roots = {"bundle files": str(bundle) + "/", "weight cache": str(cache) + "/"}
+    assert _kind_of("[heap]", roots) == "heap" and _kind_of("", roots) == "anon mmap"
+    assert _kind_of(str(cache / "w.bin"), roots) == "weight cache"

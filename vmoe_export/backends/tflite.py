@@ -112,7 +112,7 @@ def share_weights(artifacts: Mapping[str, Path], data_path: Path) -> dict[str, d
         m.externalBufferGroups, m.externalBuffers = [group], []
         moved: dict[int, int] = {}  # buffer index -> external buffer id (ids start at 1: 0 means none)
         for t in m.subgraphs[0].tensors:
-            name = t.name.decode() if isinstance(t.name, bytes) else t.name
+            name = _tensor_name(t)
             if name not in table:
                 continue
             if t.buffer not in moved:
@@ -135,10 +135,14 @@ def _weights(model) -> dict[str, np.ndarray]:
     for t in model.subgraphs[0].tensors:
         data = model.buffers[t.buffer].data
         if t.buffer and data is not None and len(data) and t.type in _SHARED_DTYPES and t.shape is not None:
-            name = t.name.decode() if isinstance(t.name, bytes) else t.name
-            out[name] = np.frombuffer(np.ascontiguousarray(data, np.uint8).tobytes(),
-                                      _SHARED_DTYPES[t.type]).reshape([int(d) for d in t.shape])
+            raw = np.ascontiguousarray(data, np.uint8).tobytes()
+            out[_tensor_name(t)] = np.frombuffer(raw, _SHARED_DTYPES[t.type]).reshape([int(d) for d in t.shape])
     return out
+
+
+def _tensor_name(tensor) -> str:
+    """The object API gives names as bytes."""
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
 
 
 def _serialize(model) -> bytes:

@@ -34,23 +34,58 @@ def _kib_fields(path: str) -> dict[str, int]:
     return {k: int(v.split()[0]) * 1024 for k, v in fields.items() if v.strip().endswith("kB")}
 
 
-def _bundle_mapped(bundle: Path) -> int:
-    """Resident bytes of mappings of files inside the bundle (an artifact the runtime mmapped)."""
-    root, total, inside = str(bundle.resolve()) + "/", 0, False
+KINDS = ("heap", "anon mmap", "bundle files", "weight cache", "other files")
+
+
+def resident_by_kind(bundle: Path, cache_dir: Path | None = None) -> dict[str, dict[str, int]]:
+    """This process's resident bytes by kind of mapping (/proc/self/smaps), anonymous and file-backed: the heap,
+    anonymous mmaps, files inside the bundle (an artifact the runtime mmapped), files inside `cache_dir` (a weight
+    cache), other files. Summed by kind, not by address range: the heap and anonymous mappings grow in place."""
+    out = {k: {"anon": 0, "file": 0} for k in KINDS}
+    roots = {"bundle files": str(Path(bundle).resolve()) + "/",
+             "weight cache": str(Path(cache_dir).resolve()) + "/" if cache_dir is not None else None}
+    kind, rss = out["other files"], 0
     with open("/proc/self/smaps") as f:
         for line in f:
             head = line.split(maxsplit=5)
             if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
-                inside = len(head) == 6 and head[5].strip().startswith(root)
-            elif inside and line.startswith("Rss:"):
-                total += int(line.split()[1]) * 1024
-    return total
+                kind = out[_kind_of(head[5].strip() if len(head) == 6 else "", roots)]
+            elif line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Anonymous:"):
+                anon = int(line.split()[1]) * 1024
+                kind["anon"] += anon
+                kind["file"] += rss - anon
+    return out
+
+
+def _kind_of(name: str, roots: dict[str, str | None]) -> str:
+    if name == "[heap]":
+        return "heap"
+    if not name or name.startswith("["):
+        return "anon mmap"
+    return next((kind for kind, root in roots.items() if root and name.startswith(root)), "other files")
+
+
+def growth_by_kind(before: dict, after: dict) -> dict[str, dict[str, int]]:
+    return {k: {part: after[k][part] - before[k][part] for part in ("anon", "file")} for k in KINDS}
+
+
+def _bundle_mapped(bundle: Path) -> int:
+    """Resident bytes of mappings of files inside the bundle (an artifact the runtime mmapped)."""
+    mapped = resident_by_kind(bundle)["bundle files"]
+    return mapped["anon"] + mapped["file"]
+
+
+def trim() -> None:
+    """Give the heap the allocator kept after frees back to the OS (glibc), so a reading counts what is held."""
+    if _trim is not None:
+        _trim(0)
 
 
 def _reading(bundle: Path) -> dict[str, int]:
     """Resident bytes now: all (VmRSS), anonymous, file-backed (and shmem), of which the bundle's files."""
-    if _trim is not None:
-        _trim(0)
+    trim()
     status = _kib_fields("/proc/self/status")
     rollup = _kib_fields("/proc/self/smaps_rollup")
     return {"rss": status["VmRSS"], "peak": status["VmHWM"], "anon": rollup["Anonymous"],
