@@ -131,3 +131,20 @@ def tiny_onnx_bundle(tmp_path_factory):
     path, _ = export_bundle(ckpt, "onnx", out, images, labels,
                             ExportOptions(parity_images=40, progress=False, schedule="per-layer"), log=lambda s: None)
     return path, ckpt
+
+
+def assert_straight_line_matches_walk(rt, inputs):
+    """On a fused schedule, predict's straight line of calls gives what execute's walk (predict with a trace)
+    gives, bit for bit; and a prediction's arrays stay the caller's, untouched by the images after it."""
+    import numpy as np
+
+    assert rt.schedule.fused_line() is not None
+    kept = []
+    for x in inputs:
+        line, walk = rt.predict(x), rt.predict(x, trace=True)
+        assert (line.experts, line.gates) == (walk.experts, walk.gates)
+        assert np.array_equal(line.logits, walk.logits) and np.array_equal(line.router_logits, walk.router_logits)
+        assert set(line.timings_ms) == set(walk.timings_ms)
+        kept.append((line.logits, line.logits.copy(), walk.trace["tokens"], walk.trace["tokens"].copy()))
+    for logits, logits_then, tokens, tokens_then in kept:
+        assert np.array_equal(logits, logits_then) and np.array_equal(tokens, tokens_then)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHIPPED, needs_fmnist, synthetic_test_set, tiny_config
+from conftest import SHIPPED, assert_straight_line_matches_walk, needs_fmnist, synthetic_test_set, tiny_config
 from vmoe_export.backends import TARGETS, BackendUnavailable, get_backend
 from vmoe_export.bundle import BundleError, bundle_bytes, read_manifest
 from vmoe_export.checkpoint import load_checkpoint
@@ -288,10 +288,12 @@ def test_backend_bundle_end_to_end(target, shipped_bundle):
     assert report["status"] == "pass"
     assert report["routing_agreement"] >= 0.995 and report["logits_max_abs_diff"] <= 1e-3
     rt = BundleRuntime(path)
-    for case in golden["cases"]:
-        pred = rt.predict(np.asarray(case["input"], np.float32).reshape(golden["shape"]))
+    inputs = [np.asarray(case["input"], np.float32).reshape(golden["shape"]) for case in golden["cases"]]
+    for x, case in zip(inputs, golden["cases"]):
+        pred = rt.predict(x)
         assert pred.experts == case["experts"]
         np.testing.assert_allclose(pred.logits, case["logits"], atol=1e-3)
+    assert_straight_line_matches_walk(rt, inputs)
 
 
 @pytest.mark.skipif(platform.system() != "Darwin", reason="CoreML prediction needs macOS (Core ML framework)")

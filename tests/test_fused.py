@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_test_set, tiny_config
+from conftest import assert_straight_line_matches_walk, synthetic_test_set, tiny_config
 from vmoe_export.bundle import BundleError, read_manifest
 from vmoe_export.checkpoint import Checkpoint
 from vmoe_export.errors import ConfigError
@@ -17,7 +17,7 @@ from vmoe_export.plan import resolve_schedule
 from vmoe_export.model import MobileVMoE
 from vmoe_export.quantize import QuantOptions
 from vmoe_export.runtime import BundleRuntime
-from vmoe_export.schedule import Schedule, ScheduleError, execute
+from vmoe_export.schedule import FusedLine, Schedule, ScheduleError, execute
 from vmoe_export.split import run_split, split_model
 
 
@@ -29,6 +29,15 @@ def test_fused_schedule_round_trips_and_counts():
     assert s.shared_graphs == ["trunk", "head"] and s.expert_graphs(2) == ["e2_path"]
     per_graph = {g.name: 1 for g in s.graphs()}
     assert s.active(per_graph) == 3 and s.total(per_graph) == 6
+
+
+def test_the_straight_line_is_the_canonical_fused_schedule_only():
+    assert Schedule.fused(3, 2).fused_line() == FusedLine("trunk", None, ("e0_path", "e1_path", "e2_path"), "head")
+    assert Schedule.fused(3, 2, router_graph=True).fused_line().router == "router"
+    assert Schedule.per_layer(3, 2, 1).fused_line() is None
+    steps = Schedule.fused(3, 2).to_json()
+    steps[-1]["graph"] = "classifier"  # a fused schedule of another shape: walked, never guessed at
+    assert Schedule.from_json(steps).fused_line() is None
 
 
 def test_fused_schedule_is_refused_for_k_above_one():
@@ -132,6 +141,7 @@ def test_fused_bundle_passes_parity_and_matches_the_per_layer_bundle(fused_bundl
     one = BundleRuntime(fused)
     pred = one.predict(x[:1])
     assert one.experts.loaded == pred.experts  # k=1: one path loaded, the one the image was routed to
+    assert_straight_line_matches_walk(one, [x[i : i + 1] for i in range(len(x))])
 
 
 def preprocess_for(ckpt, images_u8):
@@ -277,3 +287,4 @@ def test_shared_weights_a_runtime_maps_itself_are_checked_before_each_load(shari
         data.write_bytes(bytes(raw))  # same size, changed after the bundle opened
         with pytest.raises(BundleError, match="shared.bin fails its checksum"):
             rt.experts.empty_copy().get(1)
+

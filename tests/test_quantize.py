@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_test_set, tiny_config
+from conftest import assert_straight_line_matches_walk, synthetic_test_set, tiny_config
 
 from vmoe_export.backends import all_backends, describe
 from vmoe_export.bundle import bundle_bytes, read_manifest
@@ -82,6 +82,9 @@ def test_every_backend_and_mode_exports_and_passes_parity(tmp_path, target, mode
         # quantization step, so the bound is a step, not float rounding.
         np.testing.assert_allclose(pred.logits, case["logits"], atol=1e-2)
         assert pred.experts == case["experts"]
+    if m["schedule"]["kind"] == "fused":  # the router a graph of its own: four calls on the straight line
+        assert_straight_line_matches_walk(rt, [np.asarray(c["input"], np.float32).reshape(golden["shape"])
+                                               for c in golden["cases"]])
     if (target, mode) == ("tflite", "static-int8"):
         _assert_only_weight_ops_int8(path / m["graphs"]["e0_path"]["path"])
 

@@ -127,6 +127,17 @@ class ExpertPath:
 Step = Run | Route | MoELayer | ExpertPath
 
 
+@dataclass(frozen=True)
+class FusedLine:
+    """The graphs a fused schedule calls, in order: trunk (with the router's logits as its second output unless
+    `router` names a graph of its own), the routed expert's path, the head."""
+
+    trunk: str
+    router: str | None
+    paths: tuple[str, ...]  # index = expert id
+    head: str
+
+
 class ScheduleError(VmoeError, ValueError):
     """A schedule description that is malformed or does not fit the model."""
 
@@ -220,6 +231,18 @@ class Schedule:
 
     def role_of(self, graph: str) -> str:
         return next(g.role for g in self.graphs() if g.name == graph)
+
+    def fused_line(self) -> "FusedLine | None":
+        """This schedule as the straight line of graph calls it is, when it is a fused schedule of the one shape
+        Schedule.fused builds (trunk [router] route path head), else None: what a runtime may run without walking
+        the steps (execute), where the walk costs more than a graph call on a small model."""
+        path = next((s for s in self.steps if isinstance(s, ExpertPath)), None)
+        if path is None:
+            return None
+        for router_graph in (False, True):
+            if self == Schedule.fused(len(path.experts), path.moe_layers, router_graph):
+                return FusedLine(TRUNK, ROUTER if router_graph else None, path.experts, HEAD)
+        return None
 
     # ---- arithmetic over per-graph numbers (FLOPs, parameters, bytes)
     def expert_total(self, per_graph: Mapping[str, float], expert: int) -> float:

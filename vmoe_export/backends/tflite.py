@@ -203,21 +203,27 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
         if tuple(in_details[name]["shape"]) != tuple(spec.shape):
             raise ValueError(f"{path}: input {name} has shape {tuple(in_details[name]['shape'])}, the manifest says "
                              f"{tuple(spec.shape)}")
-    # One set of buffers per graph, reused by every call: the runtime's own memory, as on a phone.
+    # One set of buffers per graph, reused by every call: the runtime's own memory, as on a phone. Runs go by
+    # signature index with the buffers in the signature's own order: run_by_name rebuilds two dicts and looks the
+    # signature up on every call, 12.7 -> 7.0 us per call on the shipped model's head (3 calls an image).
+    index = model.get_signature_index(SIGNATURE)
+    order = model.get_signature_by_index(index)
     inputs = {n: model.create_input_buffer_by_name(SIGNATURE, n) for n in in_names}
     outputs = {n: model.create_output_buffer_by_name(SIGNATURE, n) for n in out_names}
+    run_inputs, run_outputs = [inputs[n] for n in order["inputs"]], [outputs[n] for n in order["outputs"]]
+    writes = [inputs[n].write for n in in_names]
     out_shapes = [tuple(out_details[n]["shape"]) for n in out_names]
+    reads = [(outputs[n].read, int(np.prod(shape)), shape) for n, shape in zip(out_names, out_shapes)]
     # The process's first TensorBuffer.write creates a second, native default environment that logs each
     # accelerator it registers: done here, it happens inside the load's quiet() instead of in an image's run.
-    for name, spec in zip(in_names, io.inputs, strict=True):
-        inputs[name].write(np.zeros(spec.shape, np.float32))
+    for write, spec in zip(writes, io.inputs, strict=True):
+        write(np.zeros(spec.shape, np.float32))
 
     def runner(xs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        for name, x in zip(in_names, xs, strict=True):
-            inputs[name].write(np.ascontiguousarray(x, dtype=np.float32))
-        model.run_by_name(SIGNATURE, inputs, outputs)
-        return [outputs[n].read(int(np.prod(shape)), np.float32).reshape(shape)
-                for n, shape in zip(out_names, out_shapes, strict=True)]
+        for write, x in zip(writes, xs, strict=True):
+            write(np.ascontiguousarray(x, dtype=np.float32))
+        model.run_by_index(index, run_inputs, run_outputs)
+        return [read(n, np.float32).reshape(shape) for read, n, shape in reads]
 
     runner.model = model  # keeps the buffers' owner alive with the runner
     return runner
