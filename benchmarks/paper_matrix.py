@@ -74,6 +74,7 @@ def run(variants: list[str], ks: list[int], threads: list[int], settings, work: 
                         for r in rows[-len(targets):]), flush=True)
     return {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(threads[0]),
             "settings": {"warmup": settings.warmup, "runs": settings.runs, "rounds": settings.rounds, "quick": settings.quick,
+                         "pack_shared_weights": settings.pack_shared_weights,
                          "variants": variants, "top_k": ks, "threads": threads},
             "inputs": SYNTHETIC_NOTE, "wall_seconds": round(time.time() - started, 1), "rows": rows}
 
@@ -128,7 +129,8 @@ def markdown(result: dict) -> str:
         "# Paper-scale matrix: Mobile V-MoE variants (224 px RGB, E=10, L=2) on every Linux runtime",
         "",
         f"Measured {result['created_at']} on {m['cpu']} ({m['logical_cores']} logical cores), batch 1, "
-        f"{s['warmup']} warm-up + {s['runs']} timed runs per figure{' (--quick)' if s['quick'] else ''}; whole matrix "
+        f"{s['warmup']} warm-up + {s['runs']} timed runs per figure{' (--quick)' if s['quick'] else ''}"
+        f"{'' if s.get('pack_shared_weights') is None else ', --pack-shared-weights ' + ('on' if s['pack_shared_weights'] else 'off')}; whole matrix "
         f"{result['wall_seconds'] / 60:.1f} min. Weights: each config's own random init; inputs: {result['inputs']}. "
         "Read the ratios (measured in the same run), not absolute milliseconds: this is a shared machine, not a phone.",
         "",
@@ -240,6 +242,7 @@ def plots(result: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from vmoe_export.bench.measure import BenchSettings
+    from vmoe_export.bench.memory import PACKING
     from vmoe_export.clitools import quiet_converters
 
     quiet_converters()
@@ -251,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="keep bundles and the artifact cache here (default: a temp dir)")
     p.add_argument("--top-k", type=int, nargs="+", default=None, help="k values (default 1 2; --quick: 1)")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default 1 2; --quick: 1)")
+    p.add_argument("--pack-shared-weights", choices=["auto", "on", "off"], default="auto",
+                   help="ONNX Runtime packing of the fused paths' shared weights (vmoe-bench's flag; default auto)")
     args = p.parse_args(argv)
     variants = args.variants or (["vit-6x64-moe"] if args.quick else VARIANTS)
     ks, threads = ([1], [1]) if args.quick else ([1, 2], [1, 2])
     ks, threads = args.top_k or ks, args.threads or threads
     settings = BenchSettings(warmup=3, runs=20, quick=True, rounds=4) if args.quick else BenchSettings(warmup=10, runs=100)
+    settings = replace(settings, pack_shared_weights=PACKING.get(args.pack_shared_weights))
     with tempfile.TemporaryDirectory(prefix="vmoe-matrix-") as tmp:
         work = args.work or Path(tmp)
         result = run(variants, ks, threads, settings, work, progress=True, targets=args.targets)

@@ -399,3 +399,40 @@ def test_expert_memory_attributes_every_resident_page_to_one_kind_of_mapping(tmp
     roots = {"bundle files": str(bundle) + "/", "weight cache": str(cache) + "/"}
     assert _kind_of("[heap]", roots) == "heap" and _kind_of("", roots) == "anon mmap"
     assert _kind_of(str(cache / "w.bin"), roots) == "weight cache"
+
+
+def test_the_packing_choice_reaches_every_runtime_the_bench_opens(monkeypatch, tmp_path):
+    """`vmoe-bench --pack-shared-weights on|off` measures ONNX Runtime in that mode everywhere it opens a bundle: the
+    timed runtimes (BenchSettings.run_options) and the memory probe in its own process; auto leaves it to size."""
+    import subprocess
+
+    from vmoe_export import api
+    from vmoe_export.bench import cli as bench_cli
+    from vmoe_export.bench import memory
+    from vmoe_export.bench.measure import BenchSettings
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def benchmark(*args, **kwargs):
+        seen["api"] = kwargs["pack_shared_weights"]
+        raise Stop
+
+    def run(cmd, **kwargs):
+        seen["probe_argv"] = cmd[3:]
+        raise Stop
+
+    monkeypatch.setattr(api, "benchmark", benchmark)
+    monkeypatch.setattr(subprocess, "run", run)
+    for flag, pack in (("auto", None), ("on", True), ("off", False)):
+        with pytest.raises(Stop):
+            bench_cli.main(["--pack-shared-weights", flag, "--quiet"])
+        assert seen["api"] is pack
+        for quick in (True, False):
+            assert BenchSettings.make(quick, 1, pack).run_options.pack_shared_weights is pack
+        with pytest.raises(Stop):
+            memory.measure_rss(tmp_path, pack)
+        assert seen["probe_argv"] == [str(tmp_path)] + ([] if pack is None else [flag])
+        assert memory.PACKING.get(flag) is pack

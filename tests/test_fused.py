@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_straight_line_matches_walk, synthetic_test_set, tiny_config
+from vmoe_export.backends import RunOptions
 from vmoe_export.bundle import BundleError, read_manifest
 from vmoe_export.checkpoint import Checkpoint
 from vmoe_export.errors import ConfigError
@@ -288,3 +289,32 @@ def test_shared_weights_a_runtime_maps_itself_are_checked_before_each_load(shari
         with pytest.raises(BundleError, match="shared.bin fails its checksum"):
             rt.experts.empty_copy().get(1)
 
+
+def test_onnx_packs_small_lent_weights_and_keeps_one_copy_of_large_ones(fused_bundles):
+    """ONNX Runtime packs the shared weights it is lent in every path (a packed copy per loaded path, faster paths)
+    when they are small, keeps their one unpacked copy when they are large, and does what RunOptions says when
+    it says; the paths compute the same outputs either way."""
+    from vmoe_export.backends.onnx import PACK_SHARED_MAX_BYTES, packs_shared_weights
+
+    assert packs_shared_weights(None, PACK_SHARED_MAX_BYTES) and not packs_shared_weights(None, PACK_SHARED_MAX_BYTES + 1)
+    assert packs_shared_weights(True, 2**30) and not packs_shared_weights(False, 0)
+    bundle = fused_bundles[0]["fused"][0]
+    assert read_manifest(bundle)["shared_weights"]["size_bytes"] <= PACK_SHARED_MAX_BYTES  # tiny: auto packs
+
+    def prepacking_disabled(rt: BundleRuntime) -> str | None:
+        options = rt.experts.get(0)[0]["e0_path"].session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.disable_prepacking")
+        except RuntimeError:  # never set: ORT's default, prepacking on
+            return None
+
+    x = np.zeros(BundleRuntime(bundle, self_test=False).input_shape, np.float32)
+    outputs = {}
+    for pack in (None, True, False):
+        rt = BundleRuntime(bundle, run=RunOptions(pack_shared_weights=pack), self_test=False)
+        assert prepacking_disabled(rt) == (None if pack in (None, True) else "1")
+        outputs[pack] = rt.predict(x)
+    assert outputs[True].experts == outputs[False].experts
+    np.testing.assert_allclose(outputs[True].logits, outputs[False].logits, atol=1e-6)
+    with pytest.raises(ValueError, match="pack_shared_weights must be True, False or None"):
+        RunOptions(pack_shared_weights="no")

@@ -180,14 +180,17 @@ def bundle_result(path: Path) -> BundleResult:
 
 
 def load(bundle_dir: PathLike, *, threads: int = 0, max_experts: int | None = None, max_bytes: int | None = None,
-         expect_digest: str | None = None, verify: str = "every-load", self_test: bool = True) -> "BundleRuntime":
+         expect_digest: str | None = None, verify: str = "every-load", self_test: bool = True,
+         pack_shared_weights: bool | None = None) -> "BundleRuntime":
     """Open a bundle for routed inference through its backend's runtime (no PyTorch needed): every integrity
     check, then the self-test (SelfTestError if this machine computes it wrong). `rt.classify(path)` on an
-    image file, `rt.predict(x)` on a preprocessed one (runtime.preprocess_image(path, rt.manifest))."""
+    image file, `rt.predict(x)` on a preprocessed one (runtime.preprocess_image(path, rt.manifest)).
+    pack_shared_weights: True or False overrides the runtime's choice by size (backends.RunOptions)."""
     from .backends import RunOptions
     from .runtime import BundleRuntime
 
-    return BundleRuntime(Path(bundle_dir), max_experts, max_bytes, RunOptions(threads=threads),
+    return BundleRuntime(Path(bundle_dir), max_experts, max_bytes,
+                         RunOptions(threads=threads, pack_shared_weights=pack_shared_weights),
                          expect_digest=expect_digest, verify=verify, self_test=self_test)
 
 
@@ -245,13 +248,15 @@ def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles
               out: PathLike | None = None, dense: "PathLike | Checkpoint | Any | None" = None, threads: int = 1,
               quick: bool = False, images: int = 64, quantize: Sequence[str] = (), schedule: str = "auto",
               data: PathLike | None = None, seed: int = 0, progress: Progress | None = None,
-              progress_bars: bool = False, device: str | None = None, apk: PathLike | None = None) -> BenchmarkResult:
+              progress_bars: bool = False, device: str | None = None, apk: PathLike | None = None,
+              pack_shared_weights: bool | None = None) -> BenchmarkResult:
     """Benchmark `model`'s bundles in BUNDLES/<target>/ (exported first where missing; int8 modes in
     BUNDLES/<mode>/<target>/) against its dense twin, a monolithic export and eager PyTorch, all in one run;
     with `out`, write bench.json, README.md and plots there. `dense`: the dense twin (default: dense.pt beside
     a checkpoint path when present, else fresh weights: latency does not depend on them). `device`: also run the
     executorch/tflite bundles on an Android phone over adb ("adb" or "adb:SERIAL"; `apk` installs the demo app
-    first) and put its figures beside the host's (report["devices"])."""
+    first) and put its figures beside the host's (report["devices"]). pack_shared_weights: True or False measures the
+    runtimes in that mode, None as they decide by size (backends.RunOptions)."""
     import torch
 
     from .backends import MAX_THREADS, RunOptions, get_backend, runtime_targets
@@ -302,7 +307,7 @@ def benchmark(model: "PathLike | Checkpoint | Any", bundles: PathLike = "bundles
     for by_target in quantized.values():
         check_bundles_match(by_target, built, source)
     check_bundles_match(found, built, source)
-    s = BenchSettings.make(quick, threads)
+    s = BenchSettings.make(quick, threads, pack_shared_weights)
     report = run_benchmarks(found, built, dense_model, s, evaluation.split.images[:images], progress_bars)
     if quantized:
         report["quantized"] = bench_quantized(quantized, report, s, evaluation.split.images[:images], cfg)

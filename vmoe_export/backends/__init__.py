@@ -65,14 +65,20 @@ class BackendUnavailable(VmoeError):
 class RunOptions:
     """How a runtime runs the graphs it loads. threads=0: the runtime's own default. weight_cache_dir: where a
     runtime that repacks weights for the CPU keeps them on disk (weight_cache.py; default from the environment,
-    None: packed on the heap)."""
+    None: packed on the heap). pack_shared_weights: whether a runtime lent the weights every expert path holds
+    alike (ONNX Runtime) packs them for its GEMMs in every path it loads (faster paths) or keeps their one
+    unpacked copy (less memory and a faster load per expert); None decides by their size (backends/onnx.py has
+    the rule and the figures)."""
 
     threads: int = 0
     weight_cache_dir: Path | None = field(default_factory=default_weight_cache_dir)
+    pack_shared_weights: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= MAX_THREADS:
             raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} (0 = the runtime's default), got {self.threads!r}")
+        if self.pack_shared_weights is not None and not isinstance(self.pack_shared_weights, bool):
+            raise ValueError(f"pack_shared_weights must be True, False or None (by size), got {self.pack_shared_weights!r}")
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,24 @@ def share_weights(artifacts: Mapping[str, Path], data_path: Path) -> dict[str, d
     return table
 
 
+# Up to this many bytes of shared weights per path, ONNX Runtime packs them in every path it loads (RunOptions'
+# pack_shared_weights=None). ORT prepacks (re-lays out) every MatMul weight per session, lent shared initializers
+# included; unpacked, its GEMMs re-lay out their weights on every call instead. Packing buys a fixed amount per call
+# and costs, per loaded path, memory and load time in proportion to the shared bytes, so it pays on small shared
+# weights and not on large ones. Measured both ways, 1 thread, AVX-512 VNNI EPYC:
+# - the shipped model (0.13 MiB shared per path, 49 tokens): split / dense twin 1.062 packed, 1.097 not (2000
+#   interleaved runs); a further expert 0.83 MiB resident packed, 0.70 not (vmoe-bench --quick);
+# - vit-12x192 (1.13 MiB shared, 197 tokens; benchmarks/results/paper_onnx_packing/): split / dense twin 1.000
+#   packed, 1.017 not (0.999 and 1.019 at 2 threads); a further expert 1.68x its artifact bytes packed, 1.18x not;
+#   cold expert load verified once 2.97 ms packed, 1.74 ms not.
+PACK_SHARED_MAX_BYTES = 512 * 1024
+
+
+def packs_shared_weights(option: bool | None, shared_bytes: int) -> bool:
+    """Whether a path's session packs the `shared_bytes` of shared weights it is lent (RunOptions.pack_shared_weights)."""
+    return shared_bytes <= PACK_SHARED_MAX_BYTES if option is None else option
+
+
 def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     import onnxruntime as ort
 
@@ -165,11 +183,7 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     external = [ort.OrtValue.ortvalue_from_numpy(a) for a in record.external.values()]
     for name, value in zip(record.external, external):
         opts.add_initializer(name, value)
-    if external:
-        # ORT prepacks (re-lays out) MatMul weights per session, shared initializers included, which would put a
-        # packed copy of the shared attention back into every expert path: at vit-12x192 a further expert grew
-        # by 3.79 MiB with prepacking, 2.67 MiB without (its artifact: 2.26 MiB), for +3% on the path's run
-        # (4.62 -> 4.75 ms, 1 thread). One copy wins.
+    if external and not packs_shared_weights(run.pack_shared_weights, sum(a.nbytes for a in record.external.values())):
         opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.intra_op_num_threads = run.threads
     if optimized_offline(record):
@@ -189,6 +203,7 @@ def load(path: Path, io: GraphIO, run: RunOptions, record: ArtifactRecord):
     def runner(inputs: Sequence[np.ndarray], _keep=external) -> list[np.ndarray]:
         return session.run(out_names, dict(zip(in_names, inputs, strict=True)))
 
+    runner.session = session
     return runner
 
 

@@ -32,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
                    help="report directory (default bench-report/; benchmarks/run_all.sh records into benchmarks/results/)")
     p.add_argument("--threads", type=int, default=1, help="threads per runtime and for eager torch (default 1, like one big phone core)")
     p.add_argument("--quick", action="store_true", help="few runs, for CI and smoke checks (under two minutes)")
+    p.add_argument("--pack-shared-weights", choices=["auto", "on", "off"], default="auto",
+                   help="ONNX Runtime: pack the weights every fused expert path shares for its GEMMs in each loaded "
+                   "path (on: faster paths) or keep their one unpacked copy (off: less memory and faster loads per "
+                   "expert); auto (default) packs them up to 512 KiB per path. The README has both measured")
     p.add_argument("--images", type=int, default=64, help="test images cycled through (different images take different routes)")
     from ..quantize import MODES
 
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         from ..api import benchmark
+        from .memory import PACKING
         from ..clitools import DEFAULT_CHECKPOINT
 
         # A checkpoint path (not the loaded checkpoint) lets the API find its dense.pt; resolve_model refuses the
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                                threads=args.threads, quick=args.quick, images=args.images, quantize=args.quantize,
                                schedule=args.schedule, data=args.data_dir, seed=args.seed,
                                progress=lambda line: print(f"vmoe-bench: {line}", file=sys.stderr),
-                               progress_bars=not args.quiet, device=args.device, apk=args.apk)
+                               progress_bars=not args.quiet, device=args.device, apk=args.apk,
+                               pack_shared_weights=PACKING.get(args.pack_shared_weights))
         from .report import spread
 
         report = result.report

@@ -30,14 +30,17 @@ class BenchSettings:
     threads: int = 1
     quick: bool = False
     rounds: int = 10  # interleaved rounds the timed runs are split into
+    pack_shared_weights: bool | None = None  # RunOptions.pack_shared_weights (None: by size)
 
     @classmethod
-    def make(cls, quick: bool, threads: int) -> "BenchSettings":
-        return cls(warmup=10, runs=100, threads=threads, quick=True, rounds=5) if quick else cls(threads=threads)
+    def make(cls, quick: bool, threads: int, pack_shared_weights: bool | None = None) -> "BenchSettings":
+        if quick:
+            return cls(warmup=10, runs=100, threads=threads, quick=True, rounds=5, pack_shared_weights=pack_shared_weights)
+        return cls(threads=threads, pack_shared_weights=pack_shared_weights)
 
     @property
     def run_options(self) -> RunOptions:
-        return RunOptions(threads=self.threads)
+        return RunOptions(threads=self.threads, pack_shared_weights=self.pack_shared_weights)
 
 
 def stats(ms: list[float]) -> dict:

@@ -1,6 +1,6 @@
 """Resident memory of a bundle in a fresh process (Linux VmRSS), so one backend's allocations never
 count against another's. `measure_rss(bundle)` runs this module as `python -m vmoe_export.bench.memory
-BUNDLE` and reads the one JSON line it prints.
+BUNDLE [on|off]` (RunOptions.pack_shared_weights, by size without it) and reads the one JSON line it prints.
 
 A phone does not count all resident pages alike: anonymous pages (heap copies, packed weights) are dirty
 and stay until freed, while file-backed pages of a mapped artifact are clean and the OS may drop them under
@@ -103,7 +103,10 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in ("rss", "anon", "file", "bundle_mapped")}
 
 
-def probe(bundle: str) -> dict:
+PACKING = {"on": True, "off": False}  # --pack-shared-weights / the probe's argument -> RunOptions (auto: None)
+
+
+def probe(bundle: str, pack_shared_weights: bool | None = None) -> dict:
     """Resident memory at each step of a bundle's life, each step's growth attributable to one thing:
     shared graphs loaded -> each shared graph run once (activation arenas, weights packed on first run, e.g.
     by XNNPACK in LiteRT) -> first image (the routed expert(s) loaded and run) -> warm-up image -> each other
@@ -120,7 +123,7 @@ def probe(bundle: str) -> dict:
     get_backend(read_manifest(path)["target"]).start_runtime()
     at = {"baseline": read()}
     # Without the self-test: its golden images would run the shared graphs and load experts before the first reading.
-    rt = BundleRuntime(path, run=RunOptions(threads=1), self_test=False)
+    rt = BundleRuntime(path, run=RunOptions(threads=1, pack_shared_weights=pack_shared_weights), self_test=False)
     at["shared_loaded"] = read()
     for name in rt.schedule.shared_graphs:
         rt.run_graph(name, *zero_inputs(rt, name))
@@ -168,14 +171,16 @@ def _median(xs: list[float]) -> float | None:
     return sorted(xs)[len(xs) // 2] if xs else None
 
 
-def measure_rss(bundle: Path) -> dict:
+def measure_rss(bundle: Path, pack_shared_weights: bool | None = None) -> dict:
     # How much of an mmapped artifact the kernel maps around the pages a runtime touches depends on how the page
     # cache holds the file: a vit-12x192 LiteRT expert's .tflite, still cached from the export that wrote it,
     # measured 0.89x its bytes resident after a run; evicted and read back from storage, 0.155x. Measure the
     # latter, as on a phone after install.
     if CAN_EVICT:
         evict_from_page_cache(bundle)
-    r = subprocess.run([sys.executable, "-m", __name__, str(bundle)], capture_output=True, text=True, timeout=600)
+    packing = [k for k, v in PACKING.items() if v is pack_shared_weights]
+    r = subprocess.run([sys.executable, "-m", __name__, str(bundle), *packing],
+                       capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
     m = json.loads(r.stdout.strip().splitlines()[-1])
@@ -205,4 +210,4 @@ def measure_rss(bundle: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(probe(sys.argv[1])))
+    print(json.dumps(probe(sys.argv[1], PACKING[sys.argv[2]] if len(sys.argv) > 2 else None)))

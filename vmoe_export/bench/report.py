@@ -117,7 +117,8 @@ def markdown(r: dict) -> str:
         "",
         f"Measured {r['created_at']} on {m['cpu']} ({m['logical_cores']} logical cores, {m['os']}), "
         f"{m['threads_requested']} thread(s) per runtime, batch 1, {s['warmup']} warm-up + {s['runs']} timed runs"
-        f"{' (--quick)' if s['quick'] else ''}. Versions: "
+        f"{' (--quick)' if s['quick'] else ''}"
+        f"{'' if s.get('pack_shared_weights') is None else ', --pack-shared-weights ' + ('on' if s['pack_shared_weights'] else 'off')}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         "",
         *([f"Schedule: {r['schedule_reason']}.", ""] if r.get("schedule_reason") else []),

@@ -90,7 +90,7 @@ def _run_benchmarks(bundles: dict[str, Path], model: MobileVMoE, dense: MobileVM
             timed = split.pop("against")
             out = {"bundle": str(bundles[target]), "split": split,
                    **{name: {**timed[name], **info} for name, (_, info) in baselines.items()}}
-            out["memory"] = measure_rss(bundles[target])
+            out["memory"] = measure_rss(bundles[target], s.pack_shared_weights)
             report["backends"][target] = out
     report["ratios"] = ratios(report)
     return report
