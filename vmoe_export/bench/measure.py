@@ -35,7 +35,7 @@ class BenchSettings:
     @classmethod
     def make(cls, quick: bool, threads: int, pack_shared_weights: bool | None = None) -> "BenchSettings":
         if quick:
-            return cls(warmup=10, runs=100, threads=threads, quick=True, rounds=5, pack_shared_weights=pack_shared_weights)
+            return cls(warmup=20, runs=200, threads=threads, quick=True, rounds=10, pack_shared_weights=pack_shared_weights)
         return cls(threads=threads, pack_shared_weights=pack_shared_weights)
 
     @property
