@@ -124,13 +124,15 @@ def bundle_bytes(bundle: Path) -> int:
 
 
 def markdown(result: dict) -> str:
+    from vmoe_export.bench.memory import packing_note
+
     m, s = result["machine"], result["settings"]
     lines = [
         "# Paper-scale matrix: Mobile V-MoE variants (224 px RGB, E=10, L=2) on every Linux runtime",
         "",
         f"Measured {result['created_at']} on {m['cpu']} ({m['logical_cores']} logical cores), batch 1, "
         f"{s['warmup']} warm-up + {s['runs']} timed runs per figure{' (--quick)' if s['quick'] else ''}"
-        f"{'' if s.get('pack_shared_weights') is None else ', --pack-shared-weights ' + ('on' if s['pack_shared_weights'] else 'off')}; whole matrix "
+        f"{packing_note(s.get('pack_shared_weights'))}; whole matrix "
         f"{result['wall_seconds'] / 60:.1f} min. Weights: each config's own random init; inputs: {result['inputs']}. "
         "Read the ratios (measured in the same run), not absolute milliseconds: this is a shared machine, not a phone.",
         "",

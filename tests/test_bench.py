@@ -436,3 +436,4 @@ def test_the_packing_choice_reaches_every_runtime_the_bench_opens(monkeypatch, t
             memory.measure_rss(tmp_path, pack)
         assert seen["probe_argv"] == [str(tmp_path)] + ([] if pack is None else [flag])
         assert memory.PACKING.get(flag) is pack
+        assert memory.packing_note(pack) == ("" if pack is None else f", --pack-shared-weights {flag}")

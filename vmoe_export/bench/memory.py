@@ -106,6 +106,17 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 PACKING = {"on": True, "off": False}  # --pack-shared-weights / the probe's argument -> RunOptions (auto: None)
 
 
+def packing_flag(pack_shared_weights: bool | None) -> str | None:
+    """The --pack-shared-weights value of a forced RunOptions.pack_shared_weights; None when the runtime chooses."""
+    return None if pack_shared_weights is None else "on" if pack_shared_weights else "off"
+
+
+def packing_note(pack_shared_weights: bool | None) -> str:
+    """What a report says of a forced RunOptions.pack_shared_weights: "" when the runtime chose by size."""
+    flag = packing_flag(pack_shared_weights)
+    return "" if flag is None else f", --pack-shared-weights {flag}"
+
+
 def probe(bundle: str, pack_shared_weights: bool | None = None) -> dict:
     """Resident memory at each step of a bundle's life, each step's growth attributable to one thing:
     shared graphs loaded -> each shared graph run once (activation arenas, weights packed on first run, e.g.
@@ -178,8 +189,8 @@ def measure_rss(bundle: Path, pack_shared_weights: bool | None = None) -> dict:
     # latter, as on a phone after install.
     if CAN_EVICT:
         evict_from_page_cache(bundle)
-    packing = [k for k, v in PACKING.items() if v is pack_shared_weights]
-    r = subprocess.run([sys.executable, "-m", __name__, str(bundle), *packing],
+    flag = packing_flag(pack_shared_weights)
+    r = subprocess.run([sys.executable, "-m", __name__, str(bundle), *([] if flag is None else [flag])],
                        capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}

@@ -7,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from .memory import packing_note
+
+
 def write_report(report: dict, out_dir: Path) -> None:
     """Written into a temp dir and moved into place file by file, so a failed run leaves the previous report."""
     out_dir = Path(out_dir)
@@ -118,7 +121,7 @@ def markdown(r: dict) -> str:
         f"Measured {r['created_at']} on {m['cpu']} ({m['logical_cores']} logical cores, {m['os']}), "
         f"{m['threads_requested']} thread(s) per runtime, batch 1, {s['warmup']} warm-up + {s['runs']} timed runs"
         f"{' (--quick)' if s['quick'] else ''}"
-        f"{'' if s.get('pack_shared_weights') is None else ', --pack-shared-weights ' + ('on' if s['pack_shared_weights'] else 'off')}. Versions: "
+        f"{packing_note(s.get('pack_shared_weights'))}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         "",
         *([f"Schedule: {r['schedule_reason']}.", ""] if r.get("schedule_reason") else []),
